@@ -1,0 +1,230 @@
+"""Every dimension, variable, attribute and group name radflow writes or reads.
+
+Names follow MSv4 as written by casangi's xradio (``schema_version`` below), so that xradio and
+xarray-ms users can open radflow stores. Anything radflow adds beyond MSv4 is marked as such.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = "4.0.1"
+CREATOR = "radflow"
+
+# Offset between the MS epoch (MJD 0, seconds) and the unix epoch, in seconds.
+MJD_UNIX_OFFSET_S = 3506716800.0
+
+# ---- dataset types (attrs["type"]) ----
+TYPE_PROCESSING_SET = "processing_set"
+TYPE_VISIBILITY = "visibility"
+TYPE_SPECTRUM = "spectrum"
+TYPE_ANTENNA = "antenna"
+TYPE_FIELD_AND_SOURCE = "field_and_source"
+TYPE_SYSTEM_CALIBRATION = "system_calibration"
+TYPE_POINTING = "pointing"
+TYPE_WEATHER = "weather"
+# radflow's own datasets are MSv4 "extension" types, which xradio skips.
+TYPE_SWITCHED_POWER = "extension:switched_power.radflow"
+TYPE_CAL_DEVICE = "extension:cal_device.radflow"
+TYPE_CALIBRATION_SOLUTION = "extension:calibration_solution.radflow"
+
+# ---- dimensions ----
+TIME = "time"
+BASELINE_ID = "baseline_id"
+ANTENNA_NAME = "antenna_name"
+FREQUENCY = "frequency"
+POLARIZATION = "polarization"
+UVW_LABEL = "uvw_label"
+RECEPTOR_LABEL = "receptor_label"
+CARTESIAN_POS_LABEL = "cartesian_pos_label"
+SKY_DIR_LABEL = "sky_dir_label"
+LOCAL_SKY_DIR_LABEL = "local_sky_dir_label"
+FIELD_NAME = "field_name"
+LINE_LABEL = "line_label"
+TIME_SYSTEM_CAL = "time_system_cal"
+FREQUENCY_SYSTEM_CAL = "frequency_system_cal"
+TIME_POINTING = "time_pointing"
+TIME_WEATHER = "time_weather"
+STATION_NAME = "station_name"
+TIME_SWITCHED_POWER = "time_switched_power"  # radflow extension
+TIME_CAL_DEVICE = "time_cal_device"  # radflow extension
+CAL_LOAD = "cal_load"  # radflow extension
+
+# ---- coordinates ----
+BASELINE_ANTENNA1_NAME = "baseline_antenna1_name"
+BASELINE_ANTENNA2_NAME = "baseline_antenna2_name"
+SCAN_NAME = "scan_name"
+SOURCE_NAME = "source_name"
+MOUNT = "mount"
+TELESCOPE_NAME = "telescope_name"
+POLARIZATION_TYPE = "polarization_type"
+
+# ---- main data variables ----
+VISIBILITY = "VISIBILITY"
+SPECTRUM = "SPECTRUM"
+FLAG = "FLAG"
+WEIGHT = "WEIGHT"
+UVW = "UVW"
+EFFECTIVE_INTEGRATION_TIME = "EFFECTIVE_INTEGRATION_TIME"
+TIME_CENTROID = "TIME_CENTROID"
+# radflow extension: the MS row each (time, baseline/antenna) sample came from (-1: padding).
+# Write-back uses it to put every sample back at exactly its original row.
+MSV2_ROW = "MSV2_ROW"
+
+# ---- sub-dataset (child group) names ----
+ANTENNA_XDS = "antenna_xds"
+FIELD_AND_SOURCE_XDS = "field_and_source_xds"
+SYSTEM_CALIBRATION_XDS = "system_calibration_xds"
+POINTING_XDS = "pointing_xds"
+WEATHER_XDS = "weather_xds"
+SWITCHED_POWER_XDS = "switched_power_xds"
+CAL_DEVICE_XDS = "cal_device_xds"
+
+# ---- sub-dataset variables ----
+ANTENNA_POSITION = "ANTENNA_POSITION"
+ANTENNA_DISH_DIAMETER = "ANTENNA_DISH_DIAMETER"
+ANTENNA_RECEPTOR_ANGLE = "ANTENNA_RECEPTOR_ANGLE"
+FIELD_PHASE_CENTER_DIRECTION = "FIELD_PHASE_CENTER_DIRECTION"
+FIELD_REFERENCE_CENTER_DIRECTION = "FIELD_REFERENCE_CENTER_DIRECTION"
+SOURCE_DIRECTION = "SOURCE_DIRECTION"
+TSYS = "TSYS"
+TCAL = "TCAL"
+TRX = "TRX"
+TSKY = "TSKY"
+TANT = "TANT"
+POINTING_BEAM = "POINTING_BEAM"
+POINTING_DISH_MEASURED = "POINTING_DISH_MEASURED"  # radflow extension (POINTING.ENCODER)
+TEMPERATURE = "TEMPERATURE"
+PRESSURE = "PRESSURE"
+REL_HUMIDITY = "REL_HUMIDITY"
+WIND_SPEED = "WIND_SPEED"
+WIND_DIRECTION = "WIND_DIRECTION"
+DEW_POINT = "DEW_POINT"
+SWITCHED_DIFF = "SWITCHED_DIFF"  # Pdiff, radflow extension
+SWITCHED_SUM = "SWITCHED_SUM"  # Psum, radflow extension
+REQUANTIZER_GAIN = "REQUANTIZER_GAIN"  # radflow extension
+NOISE_CAL = "NOISE_CAL"  # CALDEVICE noise-diode temperature, radflow extension
+CAL_EFF = "CAL_EFF"  # radflow extension
+TEMPERATURE_LOAD = "TEMPERATURE_LOAD"  # radflow extension
+
+# ---- attributes ----
+ATTR_TYPE = "type"
+ATTR_UNITS = "units"
+ATTR_FRAME = "frame"
+ATTR_OBSERVER = "observer"
+ATTR_DATA_GROUPS = "data_groups"
+ATTR_PARTITION_INFO = "partition_info"
+ATTR_OBSERVATION_INFO = "observation_info"
+ATTR_PROCESSOR_INFO = "processor_info"
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_CREATOR = "creator"
+ATTR_CREATION_DATE = "creation_date"
+ATTR_SPECTRAL_WINDOW_NAME = "spectral_window_name"
+ATTR_SPECTRAL_WINDOW_INTENTS = "spectral_window_intents"
+ATTR_REFERENCE_FREQUENCY = "reference_frequency"
+ATTR_CHANNEL_WIDTH = "channel_width"
+ATTR_INTEGRATION_TIME = "integration_time"
+ATTR_SCAN_INTENTS = "scan_intents"
+# radflow extensions on the store root and partitions
+ATTR_SOURCE_MS = "radflow_source_ms"  # {"path", "nrows", "columns"}: what write-back checks
+ATTR_RADFLOW_VERSION = "radflow_version"
+ATTR_NAN_COUNT = "radflow_nonfinite_flagged"  # samples that were NaN/inf in the MS, now flagged
+
+# ---- data groups ----
+GROUP_BASE = "base"
+GROUP_CORRECTED = "corrected"
+GROUP_MODEL = "model"
+# data-group roles (keys inside one data group)
+ROLE_DATA = "correlated_data"
+ROLE_FLAG = "flag"
+ROLE_WEIGHT = "weight"
+ROLE_UVW = "uvw"
+ROLE_FIELD_AND_SOURCE = "field_and_source"
+ROLE_DESCRIPTION = "description"
+ROLE_DATE = "date"
+ROLE_UNITS = "units"  # radflow: the physical units of the group's data ("" raw, "K", "Jy")
+
+# ---- units ----
+UNITS_RAW = ""
+UNITS_KELVIN = "K"
+UNITS_JANSKY = "Jy"
+
+# ---- partition_info keys ----
+PI_SPW_ID = "spectral_window_id"
+PI_SPW_NAME = "spectral_window_name"
+PI_SCAN = "scan_number"
+PI_INTENTS = "scan_intents"
+PI_FIELD = "field_name"
+PI_SOURCE = "source_name"
+PI_ANTENNA = "antenna_name"
+PI_BASEBAND = "baseband_number"
+PI_POLARIZATION = "polarization_setup"
+PI_TIME_RANGE = "time_range"  # [first, last] unix seconds
+PI_SHAPE = "shape"
+PI_DATA_KIND = "data_kind"  # "visibility" or "spectrum"
+
+# ---- MSv2 names (only converters/ uses these) ----
+MS_DATA = "DATA"
+MS_FLOAT_DATA = "FLOAT_DATA"
+MS_CORRECTED_DATA = "CORRECTED_DATA"
+MS_MODEL_DATA = "MODEL_DATA"
+MS_FLAG = "FLAG"
+MS_FLAG_ROW = "FLAG_ROW"
+MS_WEIGHT = "WEIGHT"
+MS_WEIGHT_SPECTRUM = "WEIGHT_SPECTRUM"
+MS_SIGMA = "SIGMA"
+MS_INDEX_COLUMNS = (
+    "TIME",
+    "ANTENNA1",
+    "ANTENNA2",
+    "DATA_DESC_ID",
+    "SCAN_NUMBER",
+    "STATE_ID",
+    "FIELD_ID",
+)
+MS_REQUIRED_SUBTABLES = (
+    "ANTENNA",
+    "DATA_DESCRIPTION",
+    "FIELD",
+    "POLARIZATION",
+    "SPECTRAL_WINDOW",
+)
+
+# MS data column -> (store data group, variable suffix)
+MS_DATA_COLUMN_GROUPS = {
+    MS_DATA: GROUP_BASE,
+    MS_FLOAT_DATA: GROUP_BASE,
+    MS_CORRECTED_DATA: GROUP_CORRECTED,
+    MS_MODEL_DATA: GROUP_MODEL,
+}
+
+# Stokes/correlation type codes of casacore's Stokes enum (MS POLARIZATION.CORR_TYPE).
+STOKES_TYPES = {
+    1: "I", 2: "Q", 3: "U", 4: "V",
+    5: "RR", 6: "RL", 7: "LR", 8: "LL",
+    9: "XX", 10: "XY", 11: "YX", 12: "YY",
+    13: "RX", 14: "RY", 15: "LX", 16: "LY",
+    17: "XR", 18: "XL", 19: "YR", 20: "YL",
+    21: "PP", 22: "PQ", 23: "QP", 24: "QQ",
+}  # fmt: skip
+STOKES_CODES = {name: code for code, name in STOKES_TYPES.items()}
+
+# MS frequency reference codes (SPECTRAL_WINDOW.MEAS_FREQ_REF).
+FREQ_FRAMES = {
+    0: "REST", 1: "LSRK", 2: "LSRD", 3: "BARY", 4: "GEO", 5: "TOPO",
+    6: "GALACTO", 7: "LGROUP", 8: "CMB", 64: "Undefined",
+}  # fmt: skip
+FREQ_FRAME_CODES = {name: code for code, name in FREQ_FRAMES.items()}
+
+# Scan intents radflow's single-dish steps look for (STATE.OBS_MODE tokens).
+INTENT_ON_SOURCE = "OBSERVE_TARGET#ON_SOURCE"
+INTENT_OFF_SOURCE = "OBSERVE_TARGET#OFF_SOURCE"
+INTENT_ATMOSPHERE = "CALIBRATE_ATMOSPHERE#ON_SOURCE"
+INTENT_UNSPECIFIED = "UNSPECIFIED"
+
+
+def data_var_name(base: str, group: str) -> str:
+    """Variable name of `base` (VISIBILITY, SPECTRUM, FLAG, WEIGHT) in data group `group`.
+
+    The base group keeps the plain MSv4 names; any other group appends its name in capitals,
+    e.g. ``VISIBILITY_CORRECTED``, ``FLAG_CORRECTED``.
+    """
+    return base if group == GROUP_BASE else f"{base}_{group.upper()}"

@@ -1,0 +1,82 @@
+"""Open and write radflow stores (zarr v3 DataTrees) and small side datasets.
+
+All writes are atomic: data goes to a hidden temporary sibling and is renamed into place only
+when complete, so an interrupted run never leaves something that :func:`open` accepts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import xarray as xr
+
+from radflow import schema
+
+
+class StoreError(ValueError):
+    """A path is not a (complete) radflow store."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write into; rename it to `path` if the block succeeds.
+
+    Refuses an existing `path` unless `overwrite`; with `overwrite` the old output is replaced
+    only after the new one is complete. On error the temporary output is removed.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final}: already exists (use --overwrite / overwrite=True)")
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if final.exists():
+            trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_dataset(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write one dataset (e.g. a simulator's truth) to a zarr store, atomically."""
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=3)
+    return Path(path)
+
+
+def load_dataset(path: str | os.PathLike) -> xr.Dataset:
+    """Read a dataset written by :func:`save_dataset` fully into memory."""
+    with xr.open_zarr(path, consolidated=True) as ds:
+        return ds.load()
+
+
+def open(path: str | os.PathLike) -> xr.DataTree:  # noqa: A001 - the public name is radflow.open
+    """Open a radflow store lazily (every data variable is a dask array).
+
+    Raises :class:`StoreError` when `path` is not a complete processing-set store.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such store")
+    if not (p / "zarr.json").exists():
+        raise StoreError(f"{p}: not a zarr store (no zarr.json); an interrupted write?")
+    try:
+        tree = xr.open_datatree(p, engine="zarr", chunks={}, consolidated=True)
+    except Exception as exc:  # zarr raises several types for a truncated store
+        raise StoreError(f"{p}: cannot be opened as a radflow store: {exc}") from exc
+    if tree.attrs.get(schema.ATTR_TYPE) != schema.TYPE_PROCESSING_SET:
+        raise StoreError(
+            f"{p}: not a complete radflow store (root attribute type="
+            f"{tree.attrs.get(schema.ATTR_TYPE)!r}, expected {schema.TYPE_PROCESSING_SET!r})"
+        )
+    return tree
