@@ -142,24 +142,29 @@ class MSWriter:
     def write_subtable(self, name: str, columns: Mapping[str, np.ndarray | list]) -> None:
         """Fill subtable `name` (created if the MS does not have it) with `columns`.
 
-        Every array's first axis is the row; all arrays have the same number of rows.
+        Every array's first axis is the row; all arrays have the same number of rows. A column
+        whose cells differ in shape (e.g. CHAN_FREQ of spectral windows with different channel
+        counts) is given as a list with one array per row.
         """
-        arrays = {k: np.asarray(v) for k, v in columns.items()}
-        nrows = {len(v) for v in arrays.values()}
+        ragged = {k: [np.asarray(c) for c in v] for k, v in columns.items() if _is_ragged(v)}
+        arrays = {k: np.asarray(v) for k, v in columns.items() if k not in ragged}
+        nrows = {len(v) for v in arrays.values()} | {len(v) for v in ragged.values()}
         if len(nrows) != 1:
             raise ValueError(f"subtable {name}: columns have different row counts {nrows}")
         (nrow,) = nrows
+        # A column description needs only the dtype and cell ndim: one cell stands for a ragged one.
+        samples = {**arrays, **{k: v[0][np.newaxis] for k, v in ragged.items()}}
         sub_path = str(self.path / name)
         if name in self._table.getkeywords():
             sub = ct.table(sub_path, readonly=False, ack=False)
-            for col, values in arrays.items():
+            for col, values in samples.items():
                 if col not in sub.colnames():
                     sub.addcols(ct.maketabdesc(_column_desc_from_array(col, values)))
         else:
             try:
-                desc = _standard_desc(name, arrays)
+                desc = _standard_desc(name, samples)
             except RuntimeError:  # not an MS-standard subtable
-                desc = ct.maketabdesc([_column_desc_from_array(c, v) for c, v in arrays.items()])
+                desc = ct.maketabdesc([_column_desc_from_array(c, v) for c, v in samples.items()])
                 units = _CUSTOM_SUBTABLE_UNITS.get(name, {})
                 for col, unit in units.items():
                     if col in desc:
@@ -169,8 +174,14 @@ class MSWriter:
         sub.addrows(nrow - sub.nrows())
         for col, values in arrays.items():
             if values.dtype.kind in "US":
-                values = [str(v) for v in values.tolist()]
+                # Scalar string columns take a list of str; string-array cells a str ndarray.
+                values = (
+                    [str(v) for v in values.tolist()] if values.ndim == 1 else values.astype(str)
+                )
             sub.putcol(col, values)
+        for col, cells in ragged.items():
+            for row, cell in enumerate(cells):
+                sub.putcell(col, row, cell)
         sub.close()
 
     def append_rows(self, columns: Mapping[str, np.ndarray]) -> None:
@@ -190,6 +201,11 @@ class MSWriter:
     @property
     def nrows(self) -> int:
         return self._nrows
+
+
+def _is_ragged(values: np.ndarray | list) -> bool:
+    """True for a list of per-row cells that do not all have the same shape."""
+    return isinstance(values, (list, tuple)) and len({np.shape(c) for c in values}) > 1
 
 
 def _row_defaults(given: Mapping[str, np.ndarray], nrow: int) -> dict[str, np.ndarray]:
