@@ -23,7 +23,7 @@ from zarr.codecs import BloscCodec
 
 import radflow
 from radflow import schema
-from radflow.store import atomic_output
+from radflow.store import atomic_output, quiet_zarr_spec_warnings
 
 from . import subtables as st
 from .tables import CASACORE_LOCK, MSError, column_keywords, open_ms, read_rows
@@ -248,20 +248,19 @@ def _column_has_data(ms_path: str, col: str) -> bool:
 
 def _read_block(
     ms_path: str,
-    part: Partition,
-    rows_sel: np.ndarray,
-    t0: int,
-    nt: int,
-    shape_tail: tuple[int, int],
+    rows: np.ndarray,
+    ti: np.ndarray,
+    bi: np.ndarray,
+    shape: tuple[int, int, int, int],
     columns: _Columns,
     single_dish: bool,
 ) -> dict[str, np.ndarray]:
-    """Read and scatter one time chunk of one partition onto its (time, baseline) grid."""
-    rows = part.rows[rows_sel]
-    ti = part.time_index[rows_sel] - t0
-    bi = part.bl_index[rows_sel]
-    nbl = len(part.baselines)
-    nchan, npol = shape_tail
+    """Read one time chunk of one partition and scatter it onto its (time, baseline) grid.
+
+    `rows` are sorted MS row numbers; `ti`, `bi` their time (relative to the chunk) and
+    baseline indices; `shape` is (ntime, nbaseline, nchan, npol) of the chunk.
+    """
+    nt, nbl, nchan, npol = shape
     out: dict[str, np.ndarray] = {}
 
     row_map = np.full((nt, nbl), -1, dtype=np.int64)
@@ -352,7 +351,8 @@ def _partition_dataset(
         lo, hi = np.searchsorted(t_sorted, [t0, t0 + nt])
         sel = np.sort(order[lo:hi])
         block = dask.delayed(_read_block, pure=True)(
-            ms_path, part, sel, t0, nt, (nchan, npol), columns, single_dish,
+            ms_path, part.rows[sel], part.time_index[sel] - t0, part.bl_index[sel],
+            (nt, nbl, nchan, npol), columns, single_dish,
             dask_key_name=f"read-{part.name}-{t0}-{abs(hash(ms_path))}",
         )  # fmt: skip
         specs = {
@@ -624,7 +624,7 @@ def convert(
     options = options or ConvertOptions()
     out = Path(store_path) if store_path else default_store_path(ms_path)
     tree, counts = build_tree(ms_path, options)
-    with atomic_output(out, overwrite=overwrite) as tmp:
+    with atomic_output(out, overwrite=overwrite) as tmp, quiet_zarr_spec_warnings():
         delayed = tree.to_zarr(
             tmp,
             mode="w",

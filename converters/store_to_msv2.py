@@ -26,7 +26,6 @@ class ExportError(ValueError):
 
 
 _COPY_BLOCK_ROWS = 100_000
-_COLUMN_FOR_GROUP = {schema.GROUP_BASE: None, schema.GROUP_MODEL: schema.MS_MODEL_DATA}
 
 
 def _data_var(node: xr.Dataset, group: str, store: str) -> tuple[str, str, str]:
@@ -96,9 +95,8 @@ def export(
     store = str(store_path)
     tree = radflow.open(store)
     source = tree.attrs.get(schema.ATTR_SOURCE_MS, {})
-    column = column or _COLUMN_FOR_GROUP.get(group, schema.MS_CORRECTED_DATA) or (
-        schema.MS_FLOAT_DATA if source.get("single_dish") and _has_float_data(ms_path) else schema.MS_DATA
-    )
+    if column is None:
+        column = schema.MS_MODEL_DATA if group == schema.GROUP_MODEL else schema.MS_CORRECTED_DATA
     allowed = (schema.MS_CORRECTED_DATA, schema.MS_DATA, schema.MS_FLOAT_DATA, schema.MS_MODEL_DATA)
     if column not in allowed:
         raise ExportError(f"column {column!r}: choose one of {', '.join(allowed)}")
@@ -115,11 +113,6 @@ def export(
     finally:
         with CASACORE_LOCK:
             t.close()
-
-
-def _has_float_data(ms_path: str | os.PathLike) -> bool:
-    with CASACORE_LOCK, ct.table(str(ms_path), ack=False) as t:
-        return schema.MS_FLOAT_DATA in t.colnames()
 
 
 def _check_rows(t: ct.table, source: dict, store: str, ms_path: str | os.PathLike) -> None:

@@ -47,6 +47,9 @@ STATION_NAME = "station_name"
 TIME_SWITCHED_POWER = "time_switched_power"  # radflow extension
 TIME_CAL_DEVICE = "time_cal_device"  # radflow extension
 CAL_LOAD = "cal_load"  # radflow extension
+# radflow extension: dims of per-antenna factor tables (scale, Jy/K); receptor values X, Y, R, L
+RECEPTOR = "receptor"
+SPECTRAL_WINDOW_NAME = "spectral_window_name"
 
 # ---- coordinates ----
 BASELINE_ANTENNA1_NAME = "baseline_antenna1_name"
@@ -132,6 +135,7 @@ ATTR_NAN_COUNT = "radflow_nonfinite_flagged"  # samples that were NaN/inf in the
 GROUP_BASE = "base"
 GROUP_CORRECTED = "corrected"
 GROUP_MODEL = "model"
+GROUP_SCALED = "scaled"  # radflow: default output of the scale step
 # data-group roles (keys inside one data group)
 ROLE_DATA = "correlated_data"
 ROLE_FLAG = "flag"

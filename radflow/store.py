@@ -10,12 +10,23 @@ import contextlib
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import xarray as xr
 
 from radflow import schema
+
+
+@contextlib.contextmanager
+def quiet_zarr_spec_warnings() -> Iterator[None]:
+    """Silence zarr's notes that fixed-width strings and consolidated metadata are not yet in
+    the v3 spec: xradio's stores use both too, and the notes give a user nothing to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently not.*")
+        yield
 
 
 class StoreError(ValueError):
@@ -49,7 +60,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
 
 def save_dataset(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write one dataset (e.g. a simulator's truth) to a zarr store, atomically."""
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp, quiet_zarr_spec_warnings():
         ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=3)
     return Path(path)
 
@@ -79,4 +90,21 @@ def open(path: str | os.PathLike) -> xr.DataTree:  # noqa: A001 - the public nam
             f"{p}: not a complete radflow store (root attribute type="
             f"{tree.attrs.get(schema.ATTR_TYPE)!r}, expected {schema.TYPE_PROCESSING_SET!r})"
         )
-    return tree
+    return tree.map_over_datasets(_load_small)
+
+
+def _load_small(ds: xr.Dataset) -> xr.Dataset:
+    """Bring coordinates, and whole sub-datasets, into memory; bulk data stays lazy.
+
+    Steps may read time stamps, names and intents eagerly only from in-memory coordinates, and
+    sub-datasets (antennas, Tsys spectra, pointing) are small next to the visibilities.
+    """
+    if ds.attrs.get(schema.ATTR_TYPE) in (schema.TYPE_VISIBILITY, schema.TYPE_SPECTRUM):
+        return ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
+    return ds.load()
+
+
+def partitions(tree: xr.DataTree) -> dict[str, xr.DataTree]:
+    """The partition nodes (visibility or spectrum groups) of a store, by name."""
+    kinds = (schema.TYPE_VISIBILITY, schema.TYPE_SPECTRUM)
+    return {n: c for n, c in tree.children.items() if c.attrs.get(schema.ATTR_TYPE) in kinds}

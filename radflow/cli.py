@@ -1,0 +1,172 @@
+"""The ``radflow`` command: convert, info, export, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# Wide enough for the partition table when output goes to a file or CI log.
+console = Console(width=None if sys.stdout.isatty() else 180)
+
+
+def _print_info(store: str) -> None:
+    import radflow
+    from radflow.summary import overview, partition_table
+
+    tree = radflow.open(store)
+    ov = overview(tree)
+    console.print(f"[bold]{store}[/bold]  (from {ov['source_ms']}, {ov['ms_rows']} MS rows)")
+    console.print(
+        f"  {ov['partitions']} partitions, spws {', '.join(ov['spws'])}; scans "
+        f"{', '.join(str(s) for s in ov['scans'])}; {ov['antennas']} antennas; "
+        f"{ov['start_utc']} to {ov['end_utc']} UTC"
+    )
+    console.print(f"  intents: {', '.join(ov['intents'])}")
+    if ov["nonfinite_flagged"]:
+        console.print(
+            f"  [yellow]{ov['nonfinite_flagged']} samples were NaN/inf in the MS: kept and flagged"
+            "[/yellow]"
+        )
+    rows = partition_table(tree)
+    table = Table(show_lines=False)
+    columns = ["partition", "spw", "scan", "intents", "field", "antennas", "shape",
+               "polarization", "freq_GHz", "start_utc", "duration_s", "groups",
+               "nonfinite_flagged"]  # fmt: skip
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in columns))
+    console.print(table)
+    subs = sorted({s for r in rows for s in r["sub_datasets"].split(",") if s})
+    console.print(f"  sub-datasets: {', '.join(subs)}")
+    console.print("  shape = time x baseline (or antenna) x frequency x polarization")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from radflow.cluster import dask_client
+    from radflow.converters.msv2_to_store import ConvertOptions, convert, default_store_path
+
+    if args.output and len(args.ms) > 1:
+        console.print("[red]--output takes one MS; convert several MSs without it[/red]")
+        return 2
+    options = ConvertOptions(
+        columns=tuple(args.columns.split(",")) if args.columns else None,
+        time_chunk=args.time_chunk,
+        chunk_bytes=int(args.chunk_mb * 2**20),
+        compression_level=args.compression_level,
+        with_pointing=not args.no_pointing,
+    )
+    with dask_client(args.scheduler, args.workers) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: {client.dashboard_link}")
+        for ms in args.ms:
+            out = args.output or default_store_path(ms)
+            start = time.perf_counter()
+            convert(ms, out, overwrite=args.overwrite, options=options, progress=client is None)
+            console.print(f"{ms} -> {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    for store in args.store:
+        _print_info(store)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from radflow.converters.store_to_msv2 import export
+
+    column = export(
+        args.store,
+        args.to,
+        group=args.group,
+        column=args.column,
+        write_flags=not args.no_flags,
+        write_weights=not args.no_weights,
+    )
+    console.print(f"{args.store} group {args.group!r} -> {args.to} column {column}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from radflow.testing import simulate_interferometer, simulate_single_dish
+
+    if args.kind == "single-dish":
+        eb = simulate_single_dish(args.ms, mode=args.mode, seed=args.seed, overwrite=args.overwrite)
+    else:
+        eb = simulate_interferometer(args.ms, seed=args.seed, overwrite=args.overwrite)
+    console.print(f"wrote {eb.ms_path} and its truth {eb.truth_path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from radflow.demo import run_demo
+
+    return run_demo(Path(args.dir), workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radflow", description="Calibrate radio-telescope data at cluster scale."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="MeasurementSet(s) -> radflow store(s) (<name>.ps.zarr)")
+    p.add_argument("ms", nargs="+", help="MeasurementSet directories")
+    p.add_argument("-o", "--output", help="output store (one MS only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--columns", help="data columns, e.g. DATA,CORRECTED_DATA (default: all)")
+    p.add_argument("--time-chunk", type=int, help="integrations per chunk (default: by size)")
+    p.add_argument("--chunk-mb", type=float, default=64, help="target chunk size, MiB [64]")
+    p.add_argument("--compression-level", type=int, default=3, help="zstd level, 0=off [3]")
+    p.add_argument("--no-pointing", action="store_true", help="skip the POINTING subtable")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, default=0,
+                   help="start a local Dask cluster of N processes (0: in-process threads)")  # fmt: skip
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("info", help="partitions, intents, spws, scans, antennas, shapes, times")
+    p.add_argument("store", nargs="+")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("export", help="write a data group back into an MS column")
+    p.add_argument("store")
+    p.add_argument("--to", required=True, help="the MS the store was converted from")
+    p.add_argument("--group", default="corrected", help="data group [corrected]")
+    p.add_argument("--column", help="CORRECTED_DATA (default), DATA, FLOAT_DATA or MODEL_DATA")
+    p.add_argument("--no-flags", action="store_true", help="leave FLAG/FLAG_ROW untouched")
+    p.add_argument("--no-weights", action="store_true", help="leave weights untouched")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("simulate", help="write a simulated EB (MS + truth) for tests and demos")
+    p.add_argument("kind", choices=["single-dish", "interferometer"])
+    p.add_argument("ms")
+    p.add_argument("--mode", default="ps", choices=["ps", "otfraster"], help="single-dish mode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("demo", help="simulate EBs, convert them on a local Dask cluster, report")
+    p.add_argument("--dir", default="demo", help="working directory [demo]")
+    p.add_argument("--workers", type=int, default=2, help="local Dask worker processes [2]")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        # Input problems (bad MS, existing output, wrong group...) are reported, not traced.
+        console.print(f"[red]radflow {args.command}: {exc}[/red]")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
