@@ -23,7 +23,7 @@ from zarr.codecs import BloscCodec
 
 import radflow
 from radflow import schema
-from radflow.store import atomic_output, quiet_zarr_spec_warnings
+from radflow.store import abort_output, begin_output, commit_output, quiet_zarr_spec_warnings
 
 from . import subtables as st
 from .tables import CASACORE_LOCK, MSError, column_keywords, open_ms, read_rows
@@ -57,7 +57,8 @@ class ConvertOptions:
     Parameters
     ----------
     columns
-        MS data columns to convert (DATA/FLOAT_DATA, CORRECTED_DATA, MODEL_DATA); None = all present.
+        MS data columns to convert (DATA/FLOAT_DATA, CORRECTED_DATA, MODEL_DATA);
+        None = all present.
     time_chunk
         Integrations per chunk; None = as many as fit `chunk_bytes` for the largest data column.
     chunk_bytes
@@ -140,7 +141,9 @@ def plan_partitions(ms_path: str, meta: st.MSMetadata) -> tuple[list[Partition],
     intent_of.update({i: (m or schema.INTENT_UNSPECIFIED) for i, m in enumerate(modes)})
     intent_names = sorted(set(intent_of[c] for c in np.unique(intent_codes)))
     intent_id = {name: k for k, name in enumerate(intent_names)}
-    row_intent = np.array([intent_id[intent_of[c]] for c in range(-1, len(modes))])[intent_codes + 1]
+    row_intent = np.array([intent_id[intent_of[c]] for c in range(-1, len(modes))])[
+        intent_codes + 1
+    ]
 
     key_cols = [ddid, index["SCAN_NUMBER"], row_intent]
     if single_dish:
@@ -273,7 +276,7 @@ def _read_block(
     flag[ti[flag_row], bi[flag_row]] = True
 
     nonfinite = 0
-    for col, group in columns.data.items():
+    for col in columns.data:
         values = read_rows(ms_path, col, rows)
         if single_dish and np.iscomplexobj(values):
             values = values.real  # autocorrelation-only DATA
@@ -472,7 +475,10 @@ def _partition_dataset(
         schema.PI_ANTENNA: meta.antenna_names[antenna_ids].tolist(),
         schema.PI_BASEBAND: spw.baseband,
         schema.PI_POLARIZATION: pols,
-        schema.PI_TIME_RANGE: [float(st.unix_time(part.times[0])), float(st.unix_time(part.times[-1]))],
+        schema.PI_TIME_RANGE: [
+            float(st.unix_time(part.times[0])),
+            float(st.unix_time(part.times[-1])),
+        ],
         schema.PI_SHAPE: [len(part.times), nbl, nchan, npol],
         schema.PI_DATA_KIND: kind,
         "nrows": len(part.rows),
@@ -531,7 +537,9 @@ def _sub_datasets(
     subs: dict[str, xr.Dataset | None] = {
         schema.ANTENNA_XDS: st.antenna_xds(ms_path, meta, antenna_ids),
         schema.FIELD_AND_SOURCE_XDS: st.field_and_source_xds(ms_path, meta, part.field_ids),
-        schema.SYSTEM_CALIBRATION_XDS: st.system_calibration_xds(ms_path, meta, spw_id, antenna_ids),
+        schema.SYSTEM_CALIBRATION_XDS: st.system_calibration_xds(
+            ms_path, meta, spw_id, antenna_ids
+        ),
         schema.WEATHER_XDS: st.weather_xds(ms_path, meta),
         schema.SWITCHED_POWER_XDS: st.switched_power_xds(ms_path, meta, spw_id, antenna_ids),
         schema.CAL_DEVICE_XDS: st.cal_device_xds(ms_path, meta, spw_id, antenna_ids),
@@ -594,6 +602,93 @@ def _encoding(tree: xr.DataTree, level: int) -> dict[str, dict]:
     return encoding
 
 
+@dataclass
+class PendingStore:
+    """A conversion whose graph is built but not computed.
+
+    Compute ``graph`` (with those of other EBs, in one ``dask.compute``), then call
+    :meth:`finish` with the result to seal and rename the store, or :meth:`abort`.
+    """
+
+    final: Path
+    tmp: Path
+    graph: tuple
+    names: list[str]
+
+    def finish(self, computed: tuple) -> Path:
+        _, totals = computed
+        with quiet_zarr_spec_warnings():
+            root = zarr.open_group(self.tmp, mode="r+")
+            for name, total in zip(self.names, totals, strict=True):
+                root[name].attrs[schema.ATTR_NAN_COUNT] = int(total)
+            # Sealing: only a store with this root type is accepted by radflow.open.
+            root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
+            zarr.consolidate_metadata(self.tmp)
+        return commit_output(self.tmp, self.final)
+
+    def abort(self) -> None:
+        abort_output(self.tmp)
+
+
+def prepare(
+    ms_path: str | os.PathLike,
+    store_path: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    options: ConvertOptions | None = None,
+) -> PendingStore:
+    """Plan the conversion of one MS and build its (uncomputed) write graph."""
+    options = options or ConvertOptions()
+    out = Path(store_path) if store_path else default_store_path(ms_path)
+    tree, counts = build_tree(ms_path, options)
+    tmp = begin_output(out, overwrite)
+    try:
+        with quiet_zarr_spec_warnings():
+            delayed = tree.to_zarr(
+                tmp,
+                mode="w",
+                consolidated=False,
+                compute=False,
+                encoding=_encoding(tree, options.compression_level),
+                zarr_format=3,
+            )
+    except BaseException:
+        abort_output(tmp)
+        raise
+    names = list(counts)
+    return PendingStore(out, tmp, (delayed, [counts[n] for n in names]), names)
+
+
+def convert_many(
+    ms_paths: Sequence[str | os.PathLike],
+    store_paths: Sequence[str | os.PathLike | None] | None = None,
+    *,
+    overwrite: bool = False,
+    options: ConvertOptions | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Convert several MSs in one Dask graph; each store appears atomically, or not at all."""
+    store_paths = store_paths or [None] * len(ms_paths)
+    pending: list[PendingStore] = []
+    try:
+        for ms, out in zip(ms_paths, store_paths, strict=True):
+            pending.append(prepare(ms, out, overwrite=overwrite, options=options))
+        graphs = [p.graph for p in pending]
+        with quiet_zarr_spec_warnings():
+            if progress:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar():
+                    computed = dask.compute(*graphs)
+            else:
+                computed = dask.compute(*graphs)
+        return [p.finish(c) for p, c in zip(pending, computed, strict=True)]
+    finally:
+        for p in pending:
+            if p.tmp.exists():
+                p.abort()
+
+
 def convert(
     ms_path: str | os.PathLike,
     store_path: str | os.PathLike | None = None,
@@ -621,31 +716,9 @@ def convert(
     -------
     Path of the store. Partitions are read and written in parallel by the active Dask scheduler.
     """
-    options = options or ConvertOptions()
-    out = Path(store_path) if store_path else default_store_path(ms_path)
-    tree, counts = build_tree(ms_path, options)
-    with atomic_output(out, overwrite=overwrite) as tmp, quiet_zarr_spec_warnings():
-        delayed = tree.to_zarr(
-            tmp,
-            mode="w",
-            consolidated=False,
-            compute=False,
-            encoding=_encoding(tree, options.compression_level),
-            zarr_format=3,
-        )
-        names = list(counts)
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                _, totals = dask.compute(delayed, [counts[n] for n in names])
-        else:
-            _, totals = dask.compute(delayed, [counts[n] for n in names])
-        root = zarr.open_group(tmp, mode="r+")
-        for name, total in zip(names, totals, strict=True):
-            root[name].attrs[schema.ATTR_NAN_COUNT] = int(total)
-        root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
-        zarr.consolidate_metadata(tmp)
+    (out,) = convert_many(
+        [ms_path], [store_path], overwrite=overwrite, options=options, progress=progress
+    )
     return out
 
 
@@ -672,4 +745,12 @@ def describe_partitions(ms_path: str | os.PathLike) -> list[dict]:
     return out
 
 
-__all__: Sequence[str] = ["ConvertOptions", "convert", "build_tree", "default_store_path"]
+__all__: Sequence[str] = [
+    "ConvertOptions",
+    "PendingStore",
+    "build_tree",
+    "convert",
+    "convert_many",
+    "default_store_path",
+    "prepare",
+]

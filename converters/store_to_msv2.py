@@ -31,8 +31,9 @@ _COPY_BLOCK_ROWS = 100_000
 def _data_var(node: xr.Dataset, group: str, store: str) -> tuple[str, str, str]:
     groups = node.attrs.get(schema.ATTR_DATA_GROUPS, {})
     if group not in groups:
+        info = node.attrs.get(schema.ATTR_PARTITION_INFO, {})
         raise ExportError(
-            f"{store}: partition {node.attrs.get(schema.ATTR_PARTITION_INFO, {}).get('spectral_window_id')}"
+            f"{store}: partition spw {info.get(schema.PI_SPW_ID)} scan {info.get(schema.PI_SCAN)}"
             f" has no data group {group!r} (it has {sorted(groups)})"
         )
     g = groups[group]
@@ -136,11 +137,15 @@ def _write(
     sample_var = _data_var(parts[0][1], group, "")[0]
     is_real = not np.iscomplexobj(np.empty(0, parts[0][1][sample_var].dtype))
     if column == schema.MS_FLOAT_DATA and column not in cols:
-        raise ExportError("the MS has no FLOAT_DATA column; export single-dish data to DATA or CORRECTED_DATA")
+        raise ExportError(
+            "the MS has no FLOAT_DATA column; export single-dish data to DATA or CORRECTED_DATA"
+        )
     value_type = "float" if column == schema.MS_FLOAT_DATA else "complex"
     if column in cols:
         value_type = t.getcoldesc(column)["valueType"]
-    weight_col = schema.MS_WEIGHT_SPECTRUM if schema.MS_WEIGHT_SPECTRUM in cols else schema.MS_WEIGHT
+    weight_col = (
+        schema.MS_WEIGHT_SPECTRUM if schema.MS_WEIGHT_SPECTRUM in cols else schema.MS_WEIGHT
+    )
 
     suffix = uuid.uuid4().hex[:6].upper()
     tmp = {column: f"RADFLOW_{suffix}_{column}"}
@@ -232,7 +237,10 @@ def _write_partition(
         sl = slice(start, start + nt)
         start += nt
         rows, data, flag, weight = dask.compute(
-            row_map[sl].data, node[data_name][sl].data, node[flag_name][sl].data, node[weight_name][sl].data
+            row_map[sl].data,
+            node[data_name][sl].data,
+            node[flag_name][sl].data,
+            node[weight_name][sl].data,
         )
         rows = np.asarray(rows).reshape(-1)
         keep = rows >= 0
@@ -240,8 +248,12 @@ def _write_partition(
         sel_rows = rows[keep][order]
         tail = data.shape[2:]
 
-        def cells(values: np.ndarray, order: np.ndarray = order, keep: np.ndarray = keep,
-                  tail: tuple = tail) -> np.ndarray:
+        def cells(
+            values: np.ndarray,
+            order: np.ndarray = order,
+            keep: np.ndarray = keep,
+            tail: tuple = tail,
+        ) -> np.ndarray:
             return values.reshape((-1,) + tail)[keep][order]
 
         values = cells(data)
@@ -272,4 +284,3 @@ def _write_partition(
 
 
 __all__ = ["export", "ExportError", "MSError"]
-

@@ -209,7 +209,9 @@ def antenna_xds(ms_path: PathLike, meta: MSMetadata, antenna_ids: Sequence[int])
     return ds
 
 
-def field_and_source_xds(ms_path: PathLike, meta: MSMetadata, field_ids: Sequence[int]) -> xr.Dataset:
+def field_and_source_xds(
+    ms_path: PathLike, meta: MSMetadata, field_ids: Sequence[int]
+) -> xr.Dataset:
     """FIELD (+ SOURCE) for `field_ids`: phase and reference centres, source names/directions."""
     ids = np.asarray(sorted(set(int(f) for f in field_ids)), dtype=int)
     fld = read_subtable(ms_path, "FIELD", ["PHASE_DIR", "REFERENCE_DIR", "SOURCE_ID", "NAME"])

@@ -42,7 +42,9 @@ def open_ms(path: str | os.PathLike) -> ct.table:
             t = ct.table(key, readonly=True, ack=False, lockoptions="autonoread")
         except RuntimeError as exc:
             raise MSError(f"{p}: cannot be opened as a CASA table: {exc}") from exc
-        missing = [c for c in ("TIME", "ANTENNA1", "ANTENNA2", "DATA_DESC_ID") if c not in t.colnames()]
+        missing = [
+            c for c in ("TIME", "ANTENNA1", "ANTENNA2", "DATA_DESC_ID") if c not in t.colnames()
+        ]
         if missing:
             t.close()
             raise MSError(f"{p}: not a MeasurementSet (main table lacks {', '.join(missing)})")
@@ -84,7 +86,9 @@ def read_subtable(
         except RuntimeError as exc:
             raise MSError(f"{ms_path}: subtable {name} is corrupt: {exc}") from exc
         try:
-            wanted = sub.colnames() if columns is None else [c for c in columns if c in sub.colnames()]
+            wanted = (
+                sub.colnames() if columns is None else [c for c in columns if c in sub.colnames()]
+            )
             out: dict[str, np.ndarray] = {}
             for col in wanted:
                 out[col] = _read_whole_column(sub, col)
@@ -112,9 +116,7 @@ def column_keywords(ms_path: str | os.PathLike, column: str) -> dict:
         return t.getcolkeywords(column)
 
 
-def read_rows(
-    ms_path: str | os.PathLike, column: str, rows: np.ndarray
-) -> np.ndarray:
+def read_rows(ms_path: str | os.PathLike, column: str, rows: np.ndarray) -> np.ndarray:
     """Values of `column` at the sorted row numbers `rows`, reading as few cells as possible.
 
     Contiguous rows are one read; rows that fill a large part of their span are read as the

@@ -49,7 +49,7 @@ def _print_info(store: str) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from radflow.cluster import dask_client
-    from radflow.converters.msv2_to_store import ConvertOptions, convert, default_store_path
+    from radflow.converters.msv2_to_store import ConvertOptions, convert_many
 
     if args.output and len(args.ms) > 1:
         console.print("[red]--output takes one MS; convert several MSs without it[/red]")
@@ -64,11 +64,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     with dask_client(args.scheduler, args.workers) as client:
         if client is not None:
             console.print(f"Dask dashboard: {client.dashboard_link}")
-        for ms in args.ms:
-            out = args.output or default_store_path(ms)
-            start = time.perf_counter()
-            convert(ms, out, overwrite=args.overwrite, options=options, progress=client is None)
-            console.print(f"{ms} -> {out} in {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        outs = convert_many(
+            args.ms,
+            [args.output] if args.output else None,
+            overwrite=args.overwrite,
+            options=options,
+            progress=client is None,
+        )
+        for ms, out in zip(args.ms, outs, strict=True):
+            console.print(f"{ms} -> {out}")
+        console.print(f"converted {len(outs)} MS in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -126,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression-level", type=int, default=3, help="zstd level, 0=off [3]")
     p.add_argument("--no-pointing", action="store_true", help="skip the POINTING subtable")
     p.add_argument("--scheduler", help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, default=0,
-                   help="start a local Dask cluster of N processes (0: in-process threads)")  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=0, help="local Dask cluster of N processes (0: threads)"
+    )
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("info", help="partitions, intents, spws, scans, antennas, shapes, times")

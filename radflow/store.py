@@ -33,6 +33,32 @@ class StoreError(ValueError):
     """A path is not a (complete) radflow store."""
 
 
+def begin_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check that `path` may be written and return the hidden temporary path to write instead."""
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final}: already exists (use --overwrite / overwrite=True)")
+    return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def commit_output(tmp: Path, path: str | os.PathLike) -> Path:
+    """Rename the finished `tmp` to `path`, replacing an old output only now that all is done."""
+    final = Path(path)
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, trash)
+        os.rename(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return final
+
+
+def abort_output(tmp: Path) -> None:
+    """Remove an unfinished temporary output."""
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write into; rename it to `path` if the block succeeds.
@@ -40,22 +66,13 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     Refuses an existing `path` unless `overwrite`; with `overwrite` the old output is replaced
     only after the new one is complete. On error the temporary output is removed.
     """
-    final = Path(path)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final}: already exists (use --overwrite / overwrite=True)")
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = begin_output(path, overwrite)
     try:
         yield tmp
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        commit_output(tmp, path)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            abort_output(tmp)
 
 
 def save_dataset(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 from casacore.tables import table
+from radflow.converters.msv2_to_store import ConvertOptions, build_tree, convert
+from radflow.converters.tables import MSError
 
 import radflow
 from radflow import schema
-from radflow.converters.msv2_to_store import ConvertOptions, build_tree, convert
-from radflow.converters.tables import MSError
 from radflow.store import StoreError, partitions
 from radflow.summary import overview, partition_table
 from radflow.testing.lazy import forbid_compute
@@ -38,7 +38,9 @@ def test_a_subtable_that_is_a_table_but_not_an_ms(vla_ms, tmp_path):
 
 def test_missing_required_subtable(vla_ms, tmp_path):
     shutil.rmtree(vla_ms / "SPECTRAL_WINDOW")
-    with pytest.raises(MSError, match=r"vla_j1008_36ghz\.ms: required subtable SPECTRAL_WINDOW is missing"):
+    with pytest.raises(
+        MSError, match=r"vla_j1008_36ghz\.ms: required subtable SPECTRAL_WINDOW is missing"
+    ):
         convert(vla_ms, tmp_path / "o.ps.zarr")
     assert not (tmp_path / "o.ps.zarr").exists()
 
@@ -52,7 +54,9 @@ def test_corrupt_subtable(vla_ms, tmp_path):
 def test_unknown_data_desc_id(vla_ms, tmp_path):
     with table(str(vla_ms), readonly=False, ack=False) as t:
         t.putcell("DATA_DESC_ID", 7, 3)
-    with pytest.raises(MSError, match=r"rows 7 refer to DATA_DESC_ID \[3\].*DATA_DESCRIPTION has 1 rows"):
+    with pytest.raises(
+        MSError, match=r"rows 7 refer to DATA_DESC_ID \[3\].*DATA_DESCRIPTION has 1 rows"
+    ):
         convert(vla_ms, tmp_path / "o.ps.zarr")
 
 
@@ -123,7 +127,9 @@ with dask.config.set(scheduler="synchronous"):
 """
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".killed") for p in tmp_path.iterdir()):
+    while time.time() < deadline and not any(
+        p.name.startswith(".killed") for p in tmp_path.iterdir()
+    ):
         time.sleep(0.05)
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)

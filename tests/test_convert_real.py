@@ -1,15 +1,15 @@
-"""Real MeasurementSets: the store holds exactly what python-casacore reads, and goes back exactly."""
+"""Real MeasurementSets: the store holds exactly what casacore reads, and goes back exactly."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from casacore.tables import table
+from radflow.converters.msv2_to_store import ConvertOptions, convert
+from radflow.converters.store_to_msv2 import export
 
 import radflow
 from radflow import schema
-from radflow.converters.msv2_to_store import ConvertOptions, convert
-from radflow.converters.store_to_msv2 import export
 from radflow.store import partitions
 
 
@@ -46,7 +46,9 @@ def test_store_matches_casacore(real_ms, tmp_path):
         seen[r] += 1
         # every sample sits where its MS row says, bit for bit
         np.testing.assert_array_equal(vis[t_idx, b_idx], cols["DATA"][r])
-        np.testing.assert_array_equal(flag[t_idx, b_idx], cols["FLAG"][r] | cols["FLAG_ROW"][r, None, None])
+        np.testing.assert_array_equal(
+            flag[t_idx, b_idx], cols["FLAG"][r] | cols["FLAG_ROW"][r, None, None]
+        )
         np.testing.assert_array_equal(weight[t_idx, b_idx], cols["WEIGHT_SPECTRUM"][r])
         np.testing.assert_array_equal(
             ds.time.values[t_idx], cols["TIME"][r] - schema.MJD_UNIX_OFFSET_S
