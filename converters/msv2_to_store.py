@@ -141,9 +141,9 @@ def plan_partitions(ms_path: str, meta: st.MSMetadata) -> tuple[list[Partition],
     intent_of.update({i: (m or schema.INTENT_UNSPECIFIED) for i, m in enumerate(modes)})
     intent_names = sorted(set(intent_of[c] for c in np.unique(intent_codes)))
     intent_id = {name: k for k, name in enumerate(intent_names)}
-    row_intent = np.array([intent_id[intent_of[c]] for c in range(-1, len(modes))])[
-        intent_codes + 1
-    ]
+    # Lookup table over STATE_ID -1..n-1; a name absent from this MS's rows maps to -1, unused.
+    code_to_intent = np.array([intent_id.get(intent_of[c], -1) for c in range(-1, len(modes))])
+    row_intent = code_to_intent[intent_codes + 1]
 
     key_cols = [ddid, index["SCAN_NUMBER"], row_intent]
     if single_dish:
@@ -264,58 +264,57 @@ def _read_block(
     baseline indices; `shape` is (ntime, nbaseline, nchan, npol) of the chunk.
     """
     nt, nbl, nchan, npol = shape
-    out: dict[str, np.ndarray] = {}
+    # A regular MS fills the grid in row order: then a reshape is the scatter, and no copy.
+    dense = len(rows) == nt * nbl and np.array_equal(ti * nbl + bi, np.arange(nt * nbl))
 
-    row_map = np.full((nt, nbl), -1, dtype=np.int64)
-    row_map[ti, bi] = rows
-    out[schema.MSV2_ROW] = row_map
+    def to_grid(values: np.ndarray, fill: float | bool, dtype: type) -> np.ndarray:
+        if dense:
+            return values.astype(dtype, copy=False).reshape((nt, nbl) + values.shape[1:])
+        grid = np.full((nt, nbl) + values.shape[1:], fill, dtype=dtype)
+        grid[ti, bi] = values
+        return grid
 
-    flag = np.ones((nt, nbl, nchan, npol), dtype=bool)
-    flag[ti, bi] = read_rows(ms_path, schema.MS_FLAG, rows)
+    out: dict[str, np.ndarray] = {schema.MSV2_ROW: to_grid(rows, -1, np.int64)}
+    flag = to_grid(read_rows(ms_path, schema.MS_FLAG, rows), True, bool)
     flag_row = read_rows(ms_path, schema.MS_FLAG_ROW, rows)
-    flag[ti[flag_row], bi[flag_row]] = True
+    if flag_row.any():
+        flag[ti[flag_row], bi[flag_row]] = True
 
-    nonfinite = 0
+    nonfinite = np.zeros(nt, dtype=np.int64)
     for col in columns.data:
         values = read_rows(ms_path, col, rows)
         if single_dish and np.iscomplexobj(values):
             values = values.real  # autocorrelation-only DATA
-        dtype = np.float32 if single_dish else np.complex64
-        grid = np.zeros((nt, nbl, nchan, npol), dtype=dtype)
-        grid[ti, bi] = values
-        bad = ~np.isfinite(grid)
-        if bad.any():
-            nonfinite += int(bad.sum())
+        grid = to_grid(values, 0, np.float32 if single_dish else np.complex64)
+        # A sum is non-finite iff some sample is: a cheap test before building a mask.
+        if not np.isfinite(grid.sum()):
+            bad = ~np.isfinite(grid)
+            nonfinite += bad.reshape(nt, -1).sum(axis=1)
             flag |= bad
         out[col] = grid
 
-    weight = np.zeros((nt, nbl, nchan, npol), dtype=np.float32)
     if columns.weight_source == schema.MS_WEIGHT_SPECTRUM:
-        weight[ti, bi] = read_rows(ms_path, schema.MS_WEIGHT_SPECTRUM, rows)
+        weight = read_rows(ms_path, schema.MS_WEIGHT_SPECTRUM, rows)
     elif columns.weight_source == schema.MS_WEIGHT:
-        weight[ti, bi] = read_rows(ms_path, schema.MS_WEIGHT, rows)[:, None, :]
+        weight = read_rows(ms_path, schema.MS_WEIGHT, rows)[:, None, :]
     elif columns.weight_source == schema.MS_SIGMA:
-        sigma = read_rows(ms_path, schema.MS_SIGMA, rows)
+        sigma = read_rows(ms_path, schema.MS_SIGMA, rows).astype(np.float64)
         with np.errstate(divide="ignore"):
-            weight[ti, bi] = np.where(sigma > 0, 1.0 / sigma.astype(np.float64) ** 2, 0.0)[
-                :, None, :
-            ]
+            weight = np.where(sigma > 0, 1.0 / sigma**2, 0.0)[:, None, :]
     else:
-        weight[ti, bi] = 1.0
-    out[schema.WEIGHT] = weight
+        weight = np.ones((len(rows), 1, npol))
+    weight = np.broadcast_to(weight, (len(rows), nchan, npol))
+    out[schema.WEIGHT] = to_grid(np.ascontiguousarray(weight, dtype=np.float32), 0, np.float32)
     out[schema.FLAG] = flag
-
-    centroid = np.full((nt, nbl), np.nan)
-    centroid[ti, bi] = st.unix_time(read_rows(ms_path, "TIME_CENTROID", rows))
-    out[schema.TIME_CENTROID] = centroid
-    exposure = np.full((nt, nbl), np.nan)
-    exposure[ti, bi] = read_rows(ms_path, "EXPOSURE", rows)
-    out[schema.EFFECTIVE_INTEGRATION_TIME] = exposure
+    out[schema.TIME_CENTROID] = to_grid(
+        st.unix_time(read_rows(ms_path, "TIME_CENTROID", rows)), np.nan, np.float64
+    )
+    out[schema.EFFECTIVE_INTEGRATION_TIME] = to_grid(
+        read_rows(ms_path, "EXPOSURE", rows), np.nan, np.float64
+    )
     if columns.has_uvw:
-        uvw = np.full((nt, nbl, 3), np.nan)
-        uvw[ti, bi] = read_rows(ms_path, "UVW", rows)
-        out[schema.UVW] = uvw
-    out["nonfinite"] = np.array([nonfinite])
+        out[schema.UVW] = to_grid(read_rows(ms_path, "UVW", rows), np.nan, np.float64)
+    out[schema.NONFINITE_FLAGGED] = nonfinite
     return out
 
 
@@ -335,8 +334,8 @@ def _partition_dataset(
     columns: _Columns,
     single_dish: bool,
     options: ConvertOptions,
-) -> tuple[xr.Dataset, da.Array]:
-    """The lazy dataset of one partition and a dask scalar counting non-finite samples."""
+) -> xr.Dataset:
+    """The lazy dataset of one partition."""
     spw = meta.spws[int(meta.ddid_spw[part.ddid])]
     pols = meta.pol_labels[int(meta.ddid_pol[part.ddid])]
     nchan, npol, nbl = len(spw.chan_freq), len(pols), len(part.baselines)
@@ -347,7 +346,6 @@ def _partition_dataset(
     order = np.argsort(part.time_index, kind="stable")
     t_sorted = part.time_index[order]
     blocks: dict[str, list[da.Array]] = {}
-    counts = []
     t0 = 0
     data_dims = (nbl, nchan, npol)
     for nt in chunks:
@@ -364,6 +362,7 @@ def _partition_dataset(
             schema.WEIGHT: ((nt,) + data_dims, np.float32),
             schema.TIME_CENTROID: ((nt, nbl), np.float64),
             schema.EFFECTIVE_INTEGRATION_TIME: ((nt, nbl), np.float64),
+            schema.NONFINITE_FLAGGED: ((nt,), np.int64),
         }
         for col in columns.data:
             specs[col] = ((nt,) + data_dims, np.float32 if single_dish else np.complex64)
@@ -371,7 +370,6 @@ def _partition_dataset(
             specs[schema.UVW] = ((nt, nbl, 3), np.float64)
         for name, (shape, dtype) in specs.items():
             blocks.setdefault(name, []).append(da.from_delayed(block[name], shape, dtype))
-        counts.append(da.from_delayed(block["nonfinite"], (1,), np.int64))
         t0 += nt
     arrays = {name: da.concatenate(parts, axis=0) for name, parts in blocks.items()}
 
@@ -411,6 +409,11 @@ def _partition_dataset(
             {"type": "quantity", "units": "s"},
         ),
         schema.MSV2_ROW: (row_dims, arrays[schema.MSV2_ROW]),
+        schema.NONFINITE_FLAGGED: (
+            schema.TIME,
+            arrays[schema.NONFINITE_FLAGGED],
+            {"description": "samples that were NaN or infinite in the MS: kept, and flagged"},
+        ),
     }
     if columns.has_uvw:
         data_vars[schema.UVW] = (
@@ -498,8 +501,7 @@ def _partition_dataset(
             schema.ATTR_PROCESSOR_INFO: {"type": "", "sub_type": ""},
         },
     )
-    nonfinite = da.concatenate(counts).sum()
-    return ds, nonfinite
+    return ds
 
 
 def _frequency_attrs(spw: st.SpectralWindow) -> dict:
@@ -551,10 +553,8 @@ def _sub_datasets(
     return {k: v for k, v in subs.items() if v is not None}
 
 
-def build_tree(
-    ms_path: str | os.PathLike, options: ConvertOptions | None = None
-) -> tuple[xr.DataTree, dict[str, da.Array]]:
-    """The lazy DataTree of an MS (nothing bulk is read) and per-partition non-finite counts."""
+def build_tree(ms_path: str | os.PathLike, options: ConvertOptions | None = None) -> xr.DataTree:
+    """The lazy DataTree of an MS: metadata in memory, bulk data as dask arrays (unread)."""
     options = options or ConvertOptions()
     ms = os.path.abspath(ms_path)
     open_ms(ms)
@@ -562,11 +562,8 @@ def build_tree(
     partitions, single_dish = plan_partitions(ms, meta)
     columns = _choose_columns(ms, options, single_dish)
     nodes: dict[str, xr.Dataset] = {}
-    counts: dict[str, da.Array] = {}
     for part in partitions:
-        ds, nonfinite = _partition_dataset(ms, part, meta, columns, single_dish, options)
-        nodes[f"/{part.name}"] = ds
-        counts[part.name] = nonfinite
+        nodes[f"/{part.name}"] = _partition_dataset(ms, part, meta, columns, single_dish, options)
         for sub_name, sub in _sub_datasets(ms, part, meta, options).items():
             nodes[f"/{part.name}/{sub_name}"] = sub
     nrows = open_ms(ms).nrows()
@@ -585,7 +582,7 @@ def build_tree(
     # The root type is set last, after the data are written: until then the store is not a
     # processing set and radflow.open refuses it.
     tree.attrs = {k: v for k, v in root_attrs.items() if k != schema.ATTR_TYPE}
-    return tree, counts
+    return tree
 
 
 def _encoding(tree: xr.DataTree, level: int) -> dict[str, dict]:
@@ -612,15 +609,15 @@ class PendingStore:
 
     final: Path
     tmp: Path
-    graph: tuple
+    graph: object
     names: list[str]
 
-    def finish(self, computed: tuple) -> Path:
-        _, totals = computed
+    def finish(self) -> Path:
         with quiet_zarr_spec_warnings():
             root = zarr.open_group(self.tmp, mode="r+")
-            for name, total in zip(self.names, totals, strict=True):
-                root[name].attrs[schema.ATTR_NAN_COUNT] = int(total)
+            for name in self.names:
+                total = int(root[name][schema.NONFINITE_FLAGGED][:].sum())
+                root[name].attrs[schema.ATTR_NAN_COUNT] = total
             # Sealing: only a store with this root type is accepted by radflow.open.
             root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
             zarr.consolidate_metadata(self.tmp)
@@ -640,7 +637,7 @@ def prepare(
     """Plan the conversion of one MS and build its (uncomputed) write graph."""
     options = options or ConvertOptions()
     out = Path(store_path) if store_path else default_store_path(ms_path)
-    tree, counts = build_tree(ms_path, options)
+    tree = build_tree(ms_path, options)
     tmp = begin_output(out, overwrite)
     try:
         with quiet_zarr_spec_warnings():
@@ -651,12 +648,14 @@ def prepare(
                 compute=False,
                 encoding=_encoding(tree, options.compression_level),
                 zarr_format=3,
+                # zarr would compare every chunk with the fill value, on its one event-loop
+                # thread, to skip empty ones; visibility chunks are never empty.
+                write_empty_chunks=True,
             )
     except BaseException:
         abort_output(tmp)
         raise
-    names = list(counts)
-    return PendingStore(out, tmp, (delayed, [counts[n] for n in names]), names)
+    return PendingStore(out, tmp, delayed, list(tree.children))
 
 
 def convert_many(
@@ -679,10 +678,10 @@ def convert_many(
                 from dask.diagnostics import ProgressBar
 
                 with ProgressBar():
-                    computed = dask.compute(*graphs)
+                    dask.compute(*graphs)
             else:
-                computed = dask.compute(*graphs)
-        return [p.finish(c) for p, c in zip(pending, computed, strict=True)]
+                dask.compute(*graphs)
+        return [p.finish() for p in pending]
     finally:
         for p in pending:
             if p.tmp.exists():

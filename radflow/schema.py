@@ -71,6 +71,8 @@ TIME_CENTROID = "TIME_CENTROID"
 # radflow extension: the MS row each (time, baseline/antenna) sample came from (-1: padding).
 # Write-back uses it to put every sample back at exactly its original row.
 MSV2_ROW = "MSV2_ROW"
+# radflow extension: per integration, samples that were NaN/inf in the MS (kept, and flagged).
+NONFINITE_FLAGGED = "NONFINITE_FLAGGED"
 
 # ---- sub-dataset (child group) names ----
 ANTENNA_XDS = "antenna_xds"

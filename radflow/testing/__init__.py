@@ -1,0 +1,13 @@
+"""Simulators that write real MeasurementSets with known, recorded truth (public: users can
+test their own reductions with them), and small in-memory datasets for unit tests."""
+
+from ._layout import SimulatedEB
+from .interferometer import integrations_for_size, simulate_interferometer
+from .single_dish import simulate_single_dish
+
+__all__ = [
+    "SimulatedEB",
+    "integrations_for_size",
+    "simulate_interferometer",
+    "simulate_single_dish",
+]

@@ -81,10 +81,10 @@ def write_eb(
                 raise FileExistsError(f"{p}: already exists (pass overwrite=True)")
     try:
         truth = write_ms(ms_path)
+        save_dataset(truth, truth_path, overwrite=True)
     except BaseException:
         shutil.rmtree(ms_path, ignore_errors=True)
         raise
-    save_dataset(truth, truth_path, overwrite=True)
     return SimulatedEB(ms_path=ms_path, truth=truth, truth_path=truth_path)
 
 
@@ -210,6 +210,7 @@ def alma_antennas(
 
 
 def antenna_columns(ants: Antennas) -> dict[str, np.ndarray]:
+    """ANTENNA rows: ground-based alt-az dishes at ITRF positions (m)."""
     n = len(ants)
     return {
         "NAME": np.array(ants.names),
@@ -324,7 +325,9 @@ class Field:
     dec_rad: float
 
 
-def hms_dms_to_rad(ra_hms: tuple[float, float, float], dec_dms: tuple[float, float, float]):
+def hms_dms_to_rad(
+    ra_hms: tuple[float, float, float], dec_dms: tuple[float, float, float]
+) -> tuple[float, float]:
     """(h, m, s), (sign*d, m, s) -> (ra, dec) in rad; the sign of dec is taken from d."""
     ra = np.deg2rad(15.0 * (ra_hms[0] + ra_hms[1] / 60.0 + ra_hms[2] / 3600.0))
     sign = -1.0 if np.signbit(dec_dms[0]) else 1.0
@@ -333,6 +336,7 @@ def hms_dms_to_rad(ra_hms: tuple[float, float, float], dec_dms: tuple[float, flo
 
 
 def field_columns(fields: Sequence[Field], time_s: float) -> dict[str, np.ndarray]:
+    """FIELD rows: fixed J2000 directions (NUM_POLY 0) for delay, phase and reference centre."""
     n = len(fields)
     dirs = np.array([[[f.ra_rad, f.dec_rad]] for f in fields])  # (n, 1, 2): NUM_POLY 0
     return {
@@ -384,11 +388,13 @@ class StateTable:
         self.states: list[State] = []
 
     def id(self, state: State) -> int:
+        """STATE row of `state` (appended on first use)."""
         if state not in self.states:
             self.states.append(state)
         return self.states.index(state)
 
     def columns(self) -> dict[str, np.ndarray]:
+        """The STATE subtable (CAL and LOAD 0 K: no calibration-load states)."""
         n = len(self.states)
         return {
             "OBS_MODE": np.array([s.obs_mode for s in self.states]),
@@ -404,6 +410,7 @@ class StateTable:
 def observation_columns(
     t_start_s: float, t_end_s: float, project: str, observer: str
 ) -> dict[str, np.ndarray]:
+    """One ALMA OBSERVATION row spanning MS times `t_start_s`..`t_end_s` (MJD s)."""
     return {
         "TELESCOPE_NAME": np.array(["ALMA"]),
         "OBSERVER": np.array([observer]),
@@ -435,6 +442,19 @@ def weather_columns(
         "WIND_DIRECTION": rng.uniform(0.0, 2.0 * np.pi, n).astype(np.float32),  # rad
         "DEW_POINT": (temperature - 25.0).astype(np.float32),  # K
     }
+
+
+def keyed_normal(seed: int, keys: Sequence[tuple[int, ...]], shape: tuple[int, ...]) -> np.ndarray:
+    """Standard-normal float32 draws, shape ``(len(keys), *shape)``, one random stream per key.
+
+    Keys such as (integration index, spw) give every sample its own stream, so the noise does
+    not depend on how a simulator groups rows into blocks. The entropy ``[seed, 7, *key]``
+    makes these streams independent of the ``SeedSequence(seed).spawn()`` model streams.
+    """
+    out = np.empty((len(keys), *shape), dtype=np.float32)
+    for i, key in enumerate(keys):
+        np.random.default_rng([seed, 7, *key]).standard_normal(shape, dtype=np.float32, out=out[i])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
