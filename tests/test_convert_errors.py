@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 from casacore.tables import table
-from radflow.converters.msv2_to_store import ConvertOptions, build_tree, convert
-from radflow.converters.tables import MSError
 
 import radflow
 from radflow import schema
+from radflow.converters.msv2_to_store import ConvertOptions, build_tree, convert
+from radflow.converters.tables import MSError
 from radflow.store import StoreError, partitions
 from radflow.summary import overview, partition_table
 from radflow.testing.lazy import forbid_compute

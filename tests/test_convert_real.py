@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from casacore.tables import table
-from radflow.converters.msv2_to_store import ConvertOptions, convert
-from radflow.converters.store_to_msv2 import export
 
 import radflow
 from radflow import schema
+from radflow.converters.msv2_to_store import ConvertOptions, convert
+from radflow.converters.store_to_msv2 import export
 from radflow.store import partitions
 
 
