@@ -146,43 +146,7 @@ class MSWriter:
         whose cells differ in shape (e.g. CHAN_FREQ of spectral windows with different channel
         counts) is given as a list with one array per row.
         """
-        ragged = {k: [np.asarray(c) for c in v] for k, v in columns.items() if _is_ragged(v)}
-        arrays = {k: np.asarray(v) for k, v in columns.items() if k not in ragged}
-        nrows = {len(v) for v in arrays.values()} | {len(v) for v in ragged.values()}
-        if len(nrows) != 1:
-            raise ValueError(f"subtable {name}: columns have different row counts {nrows}")
-        (nrow,) = nrows
-        # A column description needs only the dtype and cell ndim: one cell stands for a ragged one.
-        samples = {**arrays, **{k: v[0][np.newaxis] for k, v in ragged.items()}}
-        sub_path = str(self.path / name)
-        if name in self._table.getkeywords():
-            sub = ct.table(sub_path, readonly=False, ack=False)
-            for col, values in samples.items():
-                if col not in sub.colnames():
-                    sub.addcols(ct.maketabdesc(_column_desc_from_array(col, values)))
-        else:
-            try:
-                desc = _standard_desc(name, samples)
-            except RuntimeError:  # not an MS-standard subtable
-                desc = ct.maketabdesc([_column_desc_from_array(c, v) for c, v in samples.items()])
-                units = _CUSTOM_SUBTABLE_UNITS.get(name, {})
-                for col, unit in units.items():
-                    if col in desc:
-                        desc[col].setdefault("keywords", {})["QuantumUnits"] = [unit]
-            sub = ct.table(sub_path, desc, nrow=0, ack=False)
-            self._table.putkeyword(name, f"Table: {sub_path}")
-        sub.addrows(nrow - sub.nrows())
-        for col, values in arrays.items():
-            if values.dtype.kind in "US":
-                # Scalar string columns take a list of str; string-array cells a str ndarray.
-                values = (
-                    [str(v) for v in values.tolist()] if values.ndim == 1 else values.astype(str)
-                )
-            sub.putcol(col, values)
-        for col, cells in ragged.items():
-            for row, cell in enumerate(cells):
-                sub.putcell(col, row, cell)
-        sub.close()
+        _fill_subtable(self._table, self.path, name, columns)
 
     def append_rows(self, columns: Mapping[str, np.ndarray]) -> None:
         """Append one block of main-table rows. Missing required columns get MS defaults."""
@@ -237,6 +201,54 @@ def _row_defaults(given: Mapping[str, np.ndarray], nrow: int) -> dict[str, np.nd
             weight = given.get("WEIGHT", out.get("WEIGHT"))
             out["SIGMA"] = (1.0 / np.sqrt(np.maximum(weight, 1e-30))).astype(np.float32)
     return out
+
+
+def _fill_subtable(
+    main: ct.table, ms_path: Path, name: str, columns: Mapping[str, np.ndarray | list]
+) -> None:
+    ragged = {k: [np.asarray(c) for c in v] for k, v in columns.items() if _is_ragged(v)}
+    arrays = {k: np.asarray(v) for k, v in columns.items() if k not in ragged}
+    nrows = {len(v) for v in arrays.values()} | {len(v) for v in ragged.values()}
+    if len(nrows) != 1:
+        raise ValueError(f"subtable {name}: columns have different row counts {nrows}")
+    (nrow,) = nrows
+    # A column description needs only the dtype and cell ndim: one cell stands for a ragged one.
+    samples = {**arrays, **{k: v[0][np.newaxis] for k, v in ragged.items()}}
+    sub_path = str(ms_path / name)
+    if name in main.getkeywords():
+        sub = ct.table(sub_path, readonly=False, ack=False)
+        for col, values in samples.items():
+            if col not in sub.colnames():
+                sub.addcols(ct.maketabdesc(_column_desc_from_array(col, values)))
+    else:
+        try:
+            desc = _standard_desc(name, samples)
+        except RuntimeError:  # not an MS-standard subtable
+            desc = ct.maketabdesc([_column_desc_from_array(c, v) for c, v in samples.items()])
+            units = _CUSTOM_SUBTABLE_UNITS.get(name, {})
+            for col, unit in units.items():
+                if col in desc:
+                    desc[col].setdefault("keywords", {})["QuantumUnits"] = [unit]
+        sub = ct.table(sub_path, desc, nrow=0, ack=False)
+        main.putkeyword(name, f"Table: {sub_path}")
+    sub.addrows(nrow - sub.nrows())
+    for col, values in arrays.items():
+        if values.dtype.kind in "US":
+            # Scalar string columns take a list of str; string-array cells a str ndarray.
+            values = [str(v) for v in values.tolist()] if values.ndim == 1 else values.astype(str)
+        sub.putcol(col, values)
+    for col, cells in ragged.items():
+        for row, cell in enumerate(cells):
+            sub.putcell(col, row, cell)
+    sub.close()
+
+
+def add_subtable(
+    ms_path: str | os.PathLike, name: str, columns: Mapping[str, np.ndarray | list]
+) -> None:
+    """Add (or fill) subtable `name` of an existing MS, e.g. VLA SYSPOWER for a test."""
+    with ct.table(str(ms_path), readonly=False, ack=False) as main:
+        _fill_subtable(main, Path(ms_path), name, columns)
 
 
 def copy_ms(src: str | os.PathLike, dst: str | os.PathLike) -> None:

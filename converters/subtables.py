@@ -274,6 +274,15 @@ def _receptor_values(values: list | np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.stack(cells)
 
 
+def _antenna_time_grid(
+    cells: np.ndarray, a_idx: np.ndarray, t_idx: np.ndarray, n_ant: int, n_time: int
+) -> np.ndarray:
+    """Place per-row `cells` at (antenna, time); cells no row fills are NaN."""
+    grid = np.full((n_ant, n_time) + cells.shape[1:], np.nan)
+    grid[a_idx, t_idx] = cells
+    return grid
+
+
 def system_calibration_xds(
     ms_path: PathLike, meta: MSMetadata, spw_id: int, antenna_ids: Sequence[int]
 ) -> xr.Dataset | None:
@@ -301,14 +310,14 @@ def system_calibration_xds(
                     f"{ms_path}: SYSCAL {spectrum_col} has {cells.shape[1]} channels but spw "
                     f"{spw_id} has {len(freq)}"
                 )
-            grid = np.full((len(ants), len(utimes), cells.shape[2], len(freq)), np.nan)
-            grid[a_idx, t_idx] = cells.transpose(0, 2, 1)
+            grid = _antenna_time_grid(
+                cells.transpose(0, 2, 1), a_idx, t_idx, len(ants), len(utimes)
+            )
             dims = (schema.ANTENNA_NAME, schema.TIME_SYSTEM_CAL, schema.RECEPTOR_LABEL,
                     schema.FREQUENCY_SYSTEM_CAL)  # fmt: skip
         elif scalar_col in syscal and all(syscal[scalar_col][r] is not None for r in rows):
             cells = _receptor_values(syscal[scalar_col], rows)  # (row, rec)
-            grid = np.full((len(ants), len(utimes), cells.shape[1]), np.nan)
-            grid[a_idx, t_idx] = cells
+            grid = _antenna_time_grid(cells, a_idx, t_idx, len(ants), len(utimes))
             dims = (schema.ANTENNA_NAME, schema.TIME_SYSTEM_CAL, schema.RECEPTOR_LABEL)
         else:
             continue
@@ -444,8 +453,7 @@ def switched_power_xds(
         if col not in sp:
             continue
         cells = _receptor_values(sp[col], rows)
-        grid = np.full((len(ants), len(utimes), cells.shape[1]), np.nan)
-        grid[a_idx, t_idx] = cells
+        grid = _antenna_time_grid(cells, a_idx, t_idx, len(ants), len(utimes))
         data_vars[col] = (
             (schema.ANTENNA_NAME, schema.TIME_SWITCHED_POWER, schema.RECEPTOR_LABEL),
             grid,
@@ -476,28 +484,15 @@ def cal_device_xds(
         return None
     utimes, a_idx, t_idx = _per_antenna_time_grid(cd, rows, ants)
     data_vars = {}
-    if schema.NOISE_CAL in cd:
-        cells = _receptor_values(cd[schema.NOISE_CAL], rows)  # (row, rec) or (row, load, rec)
+    dims = (schema.ANTENNA_NAME, schema.TIME_CAL_DEVICE, schema.CAL_LOAD, schema.RECEPTOR_LABEL)
+    for col, units in ((schema.NOISE_CAL, "K"), (schema.CAL_EFF, "")):
+        if col not in cd:
+            continue
+        cells = _receptor_values(cd[col], rows)  # (row, rec) or (row, load, rec)
         if cells.ndim == 2:
             cells = cells[:, None, :]
-        grid = np.full((len(ants), len(utimes)) + cells.shape[1:], np.nan)
-        grid[a_idx, t_idx] = cells
-        data_vars[schema.NOISE_CAL] = (
-            (schema.ANTENNA_NAME, schema.TIME_CAL_DEVICE, schema.CAL_LOAD, schema.RECEPTOR_LABEL),
-            grid,
-            {"type": "quantity", "units": "K"},
-        )
-    if schema.CAL_EFF in cd:
-        cells = _receptor_values(cd[schema.CAL_EFF], rows)
-        if cells.ndim == 2:
-            cells = cells[:, None, :]
-        grid = np.full((len(ants), len(utimes)) + cells.shape[1:], np.nan)
-        grid[a_idx, t_idx] = cells
-        data_vars[schema.CAL_EFF] = (
-            (schema.ANTENNA_NAME, schema.TIME_CAL_DEVICE, schema.CAL_LOAD, schema.RECEPTOR_LABEL),
-            grid,
-            {"type": "quantity", "units": ""},
-        )
+        grid = _antenna_time_grid(cells, a_idx, t_idx, len(ants), len(utimes))
+        data_vars[col] = (dims, grid, {"type": "quantity", "units": units})
     if not data_vars:
         return None
     shape = next(iter(data_vars.values()))[1].shape

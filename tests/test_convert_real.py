@@ -156,3 +156,44 @@ def test_xradio_summary_reads_radflow_store(real_ms, tmp_path):
     assert len(summary) == len(partitions(tree))
     for _, row in summary.iterrows():
         assert tuple(row["shape"]) == partitions(tree)[row["name"]].ds[schema.VISIBILITY].shape
+
+
+def test_vla_switched_power_subtables(vla_ms, tmp_path):
+    """SYSPOWER and CALDEVICE become sub-datasets with units, per partition antenna and spw."""
+    from radflow.converters.ms_writer import add_subtable
+
+    with table(str(vla_ms), ack=False) as t:
+        times = np.unique(t.getcol("TIME"))[[0, 7, 14]]
+    n_ant = 28
+    ant = np.repeat(np.arange(n_ant), 3).astype(np.int32)
+    pdiff = (1.0 + ant[:, None] * 0.01 + np.array([0.0, 0.5])).astype(np.float32)
+    add_subtable(vla_ms, "SYSPOWER", {
+        "ANTENNA_ID": ant, "FEED_ID": np.zeros_like(ant), "SPECTRAL_WINDOW_ID": np.zeros_like(ant),
+        "TIME": np.tile(times, n_ant), "INTERVAL": np.ones(len(ant)),
+        "SWITCHED_DIFF": pdiff, "SWITCHED_SUM": 10 * pdiff,
+        "REQUANTIZER_GAIN": np.ones((len(ant), 2), np.float32),
+    })  # fmt: skip
+    ids = np.arange(n_ant, dtype=np.int32)
+    add_subtable(vla_ms, "CALDEVICE", {
+        "ANTENNA_ID": ids, "FEED_ID": 0 * ids, "SPECTRAL_WINDOW_ID": 0 * ids,
+        "TIME": np.full(n_ant, times[0]), "INTERVAL": np.ones(n_ant),
+        "NOISE_CAL": np.stack([np.full(n_ant, 3.5), np.full(n_ant, 3.7)], axis=1)[:, None, :],
+    })  # fmt: skip
+    tree = radflow.open(convert(vla_ms, tmp_path / "sw.ps.zarr"))
+    (node,) = partitions(tree).values()
+    sp = node[schema.SWITCHED_POWER_XDS].ds
+    used = node["antenna_xds"].ds.antenna_name.values
+    assert sp[schema.SWITCHED_DIFF].dims == (
+        "antenna_name",
+        "time_switched_power",
+        "receptor_label",
+    )
+    assert sp[schema.SWITCHED_DIFF].shape == (18, 3, 2)
+    np.testing.assert_array_equal(sp.antenna_name.values, used)
+    np.testing.assert_allclose(sp.time_switched_power.values, times - schema.MJD_UNIX_OFFSET_S)
+    first = 0  # antenna id 0 is the first used antenna ("1_W09")
+    np.testing.assert_allclose(sp[schema.SWITCHED_DIFF].values[0, :, :], pdiff[first * 3 : 3])
+    np.testing.assert_allclose(sp[schema.SWITCHED_SUM].values / sp[schema.SWITCHED_DIFF].values, 10)
+    cd = node[schema.CAL_DEVICE_XDS].ds
+    assert cd[schema.NOISE_CAL].attrs["units"] == "K"
+    np.testing.assert_allclose(cd[schema.NOISE_CAL].values[:, 0, 0, :], [[3.5, 3.7]] * 18)
