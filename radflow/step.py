@@ -162,8 +162,8 @@ def add_data_group(
     group: str,
     *,
     data: xr.DataArray,
-    flag: xr.DataArray,
-    weight: xr.DataArray,
+    flag: xr.DataArray | None,
+    weight: xr.DataArray | None,
     units: str,
     description: str,
     from_group: str,
@@ -184,6 +184,8 @@ def add_data_group(
         Name of the new group; must not exist yet (steps never overwrite).
     data, flag, weight : xr.DataArray
         The new group's data (in `units`), flags (bool) and weights (``units**-2``), lazy.
+        ``None`` for `flag` or `weight` means unchanged: the group then shares `from_group`'s
+        variable instead of storing a copy.
     units : str
         ``""``, ``"K"`` or ``"Jy"``.
     description : str
@@ -207,21 +209,24 @@ def add_data_group(
             f"{where} has type {ds.attrs.get(schema.ATTR_TYPE)!r}, expected "
             f"{schema.TYPE_VISIBILITY!r} or {schema.TYPE_SPECTRUM!r}"
         )
-    names = {
-        schema.ROLE_DATA: schema.data_var_name(data_base, group),
-        schema.ROLE_FLAG: schema.data_var_name(schema.FLAG, group),
-        schema.ROLE_WEIGHT: schema.data_var_name(schema.WEIGHT, group),
+    given = {
+        schema.ROLE_DATA: (data_base, data, {**source.data.attrs, schema.ATTR_UNITS: units}),
+        schema.ROLE_FLAG: (schema.FLAG, flag, source.flag.attrs),
+        schema.ROLE_WEIGHT: (schema.WEIGHT, weight, source.weight.attrs),
     }
-    clash = [n for n in names.values() if n in ds.variables]
+    new_vars = {
+        schema.data_var_name(base, group): values.assign_attrs(attrs)
+        for base, values, attrs in given.values()
+        if values is not None
+    }
+    clash = [n for n in new_vars if n in ds.variables]
     if clash:
         raise DataGroupError(f"{where} already has variable(s) {clash} for group {group!r}")
 
-    new_vars = {
-        names[schema.ROLE_DATA]: data.assign_attrs({**source.data.attrs, schema.ATTR_UNITS: units}),
-        names[schema.ROLE_FLAG]: flag.assign_attrs(source.flag.attrs),
-        names[schema.ROLE_WEIGHT]: weight.assign_attrs(source.weight.attrs),
+    entry = {
+        role: schema.data_var_name(base, group) if values is not None else groups[from_group][role]
+        for role, (base, values, _) in given.items()
     }
-    entry = dict(names)
     for role in (schema.ROLE_UVW, schema.ROLE_FIELD_AND_SOURCE):
         if role in groups[from_group]:
             entry[role] = groups[from_group][role]

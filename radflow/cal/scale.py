@@ -190,7 +190,7 @@ def apply(
         ds,
         output,
         data=src.data * np.sqrt(product).astype(real),
-        flag=src.flag,
+        flag=None,  # a scale changes no flag: share the source group's FLAG
         weight=src.weight / product.astype(src.weight.dtype),
         units=src.units if units is None else units,
         description=f"data group {group!r} scaled by per-antenna factors (step scale)",
