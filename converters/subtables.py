@@ -283,6 +283,33 @@ def _antenna_time_grid(
     return grid
 
 
+@dataclass(frozen=True)
+class _SpwRows:
+    """Rows of a per-antenna, per-spw subtable (SYSCAL, SYSPOWER, CALDEVICE) for one partition."""
+
+    table: dict
+    antennas: np.ndarray  # antenna ids, sorted
+    rows: np.ndarray
+    times: np.ndarray  # unique TIME of those rows (MJD s)
+    a_idx: np.ndarray  # per row: index into antennas
+    t_idx: np.ndarray  # per row: index into times
+
+
+def _spw_rows(
+    ms_path: PathLike, name: str, spw_id: int, antenna_ids: Sequence[int]
+) -> _SpwRows | None:
+    """Rows of subtable `name` for `spw_id` and `antenna_ids`; None if absent or no such rows."""
+    if not has_subtable(ms_path, name):
+        return None
+    table = read_subtable(ms_path, name)
+    ants = np.asarray(antenna_ids, dtype=int)
+    rows = _select_rows(table, ants, spw_id)
+    if len(rows) == 0:
+        return None
+    times, a_idx, t_idx = _per_antenna_time_grid(table, rows, ants)
+    return _SpwRows(table, ants, rows, times, a_idx, t_idx)
+
+
 def system_calibration_xds(
     ms_path: PathLike, meta: MSMetadata, spw_id: int, antenna_ids: Sequence[int]
 ) -> xr.Dataset | None:
@@ -291,14 +318,11 @@ def system_calibration_xds(
     ``frequency_system_cal`` holds the spw's channel frequencies in Hz; ``time_system_cal`` the
     SYSCAL TIME (unix s, the middle of the measurement) and ``SYSCAL_INTERVAL`` its length (s).
     """
-    if not has_subtable(ms_path, "SYSCAL"):
+    sel = _spw_rows(ms_path, "SYSCAL", spw_id, antenna_ids)
+    if sel is None:
         return None
-    syscal = read_subtable(ms_path, "SYSCAL")
-    ants = np.asarray(antenna_ids, dtype=int)
-    rows = _select_rows(syscal, ants, spw_id)
-    if len(rows) == 0:
-        return None
-    utimes, a_idx, t_idx = _per_antenna_time_grid(syscal, rows, ants)
+    syscal, ants, rows = sel.table, sel.antennas, sel.rows
+    utimes, a_idx, t_idx = sel.times, sel.a_idx, sel.t_idx
     freq = meta.spws[spw_id].chan_freq
     data_vars = {}
     for name in (schema.TSYS, schema.TCAL, schema.TRX, schema.TSKY, schema.TANT):
@@ -440,14 +464,11 @@ def switched_power_xds(
     ms_path: PathLike, meta: MSMetadata, spw_id: int, antenna_ids: Sequence[int]
 ) -> xr.Dataset | None:
     """VLA SYSPOWER of one spw: Pdiff (SWITCHED_DIFF), Psum (SWITCHED_SUM), requantizer gain."""
-    if not has_subtable(ms_path, "SYSPOWER"):
+    sel = _spw_rows(ms_path, "SYSPOWER", spw_id, antenna_ids)
+    if sel is None:
         return None
-    sp = read_subtable(ms_path, "SYSPOWER")
-    ants = np.asarray(antenna_ids, dtype=int)
-    rows = _select_rows(sp, ants, spw_id)
-    if len(rows) == 0:
-        return None
-    utimes, a_idx, t_idx = _per_antenna_time_grid(sp, rows, ants)
+    sp, ants, rows = sel.table, sel.antennas, sel.rows
+    utimes, a_idx, t_idx = sel.times, sel.a_idx, sel.t_idx
     data_vars = {}
     for col in (schema.SWITCHED_DIFF, schema.SWITCHED_SUM, schema.REQUANTIZER_GAIN):
         if col not in sp:
@@ -475,14 +496,11 @@ def cal_device_xds(
     ms_path: PathLike, meta: MSMetadata, spw_id: int, antenna_ids: Sequence[int]
 ) -> xr.Dataset | None:
     """VLA CALDEVICE of one spw: noise-diode temperatures NOISE_CAL (K) per load and receptor."""
-    if not has_subtable(ms_path, "CALDEVICE"):
+    sel = _spw_rows(ms_path, "CALDEVICE", spw_id, antenna_ids)
+    if sel is None:
         return None
-    cd = read_subtable(ms_path, "CALDEVICE")
-    ants = np.asarray(antenna_ids, dtype=int)
-    rows = _select_rows(cd, ants, spw_id)
-    if len(rows) == 0:
-        return None
-    utimes, a_idx, t_idx = _per_antenna_time_grid(cd, rows, ants)
+    cd, ants, rows = sel.table, sel.antennas, sel.rows
+    utimes, a_idx, t_idx = sel.times, sel.a_idx, sel.t_idx
     data_vars = {}
     dims = (schema.ANTENNA_NAME, schema.TIME_CAL_DEVICE, schema.CAL_LOAD, schema.RECEPTOR_LABEL)
     for col, units in ((schema.NOISE_CAL, "K"), (schema.CAL_EFF, "")):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +74,27 @@ def has_subtable(ms_path: str | os.PathLike, name: str) -> bool:
 def read_subtable(
     ms_path: str | os.PathLike, name: str, columns: Sequence[str] | None = None
 ) -> dict[str, np.ndarray]:
-    """Read whole columns of subtable `name` (small tables only).
+    """Read whole columns of subtable `name` (small tables only). Treat the result as read-only:
+    it is cached, because every partition of an MS asks for the same subtables.
 
     Raises :class:`MSError` naming the MS and the subtable when it is absent or unreadable.
     Columns whose cells are undefined, or ragged, come back as lists.
     """
     if not has_subtable(ms_path, name):
         raise MSError(f"{ms_path}: required subtable {name} is missing")
+    path = os.path.join(os.path.abspath(ms_path), name)
+    mtime = os.path.getmtime(os.path.join(path, "table.dat"))
+    return _read_subtable_cached(path, mtime, None if columns is None else tuple(columns))
+
+
+@lru_cache(maxsize=64)
+def _read_subtable_cached(
+    path: str, _mtime: float, columns: tuple[str, ...] | None
+) -> dict[str, np.ndarray]:
+    ms_path, name = os.path.split(path)
     with CASACORE_LOCK:
         try:
-            sub = ct.table(os.path.join(os.path.abspath(ms_path), name), readonly=True, ack=False)
+            sub = ct.table(path, readonly=True, ack=False)
         except RuntimeError as exc:
             raise MSError(f"{ms_path}: subtable {name} is corrupt: {exc}") from exc
         try:
