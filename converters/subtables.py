@@ -352,7 +352,7 @@ def system_calibration_xds(
     interval = np.asarray(syscal["INTERVAL"], dtype=np.float64)[rows]
     interval_grid = np.full(len(utimes), np.nan)
     interval_grid[t_idx] = interval
-    data_vars["SYSCAL_INTERVAL"] = (
+    data_vars[schema.SYSCAL_INTERVAL] = (
         schema.TIME_SYSTEM_CAL,
         interval_grid,
         {"type": "quantity", "units": "s"},

@@ -110,6 +110,35 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from radflow.cluster import dask_client
+    from radflow.pipeline import load_recipe, run
+
+    recipe = load_recipe(args.recipe, args.set or ())
+    console.print(
+        f"recipe [bold]{recipe.name}[/bold] ({recipe.source}): "
+        + " -> ".join(s.step for s in recipe.steps)
+    )
+    with dask_client(args.scheduler, args.workers) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: {client.dashboard_link}")
+        start = time.perf_counter()
+        results = run(recipe, args.stores, client=client, progress=True)
+    table = Table(title=f"radflow run {recipe.name}: {time.perf_counter() - start:.1f} s")
+    for c in ("execution block", "status", "time_s", "partitions", "groups", "tables / error"):
+        table.add_column(c, overflow="fold")
+    for r in results:
+        detail = r.error or ", ".join(str(t) for t in r.tables) or "-"
+        colour = "green" if r.status == "done" else "red"
+        table.add_row(str(r.path), f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}",
+                      str(r.partitions), ", ".join(r.groups), detail)  # fmt: skip
+    console.print(table)
+    for r in results:
+        for note in r.notes:
+            console.print(f"  {r.path}: {note}")
+    return 0 if all(r.status == "done" for r in results) else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from radflow.demo import run_demo
 
@@ -157,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("run", help="run a recipe (e.g. alma_sd) over stores as one Dask graph")
+    p.add_argument("recipe", help="recipe YAML file, or a packaged recipe name (alma_sd)")
+    p.add_argument("stores", nargs="+", help="radflow stores (<name>.ps.zarr)")
+    p.add_argument(
+        "--set", action="append", metavar="STEP.PARAM=VALUE", help="override a recipe parameter"
+    )
+    p.add_argument("--scheduler", help="address of a running Dask scheduler")
+    p.add_argument(
+        "--workers", type=int, default=0, help="local Dask cluster of N processes (0: threads)"
+    )
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="simulate EBs, convert them on a local Dask cluster, report")
     p.add_argument("--dir", default="demo", help="working directory [demo]")

@@ -91,6 +91,7 @@ FIELD_PHASE_CENTER_DIRECTION = "FIELD_PHASE_CENTER_DIRECTION"
 FIELD_REFERENCE_CENTER_DIRECTION = "FIELD_REFERENCE_CENTER_DIRECTION"
 SOURCE_DIRECTION = "SOURCE_DIRECTION"
 TSYS = "TSYS"
+SYSCAL_INTERVAL = "SYSCAL_INTERVAL"  # radflow extension: SYSCAL INTERVAL (s)
 TCAL = "TCAL"
 TRX = "TRX"
 TSKY = "TSKY"
@@ -133,11 +134,30 @@ ATTR_SOURCE_MS = "radflow_source_ms"  # {"path", "nrows", "columns"}: what write
 ATTR_RADFLOW_VERSION = "radflow_version"
 ATTR_NAN_COUNT = "radflow_nonfinite_flagged"  # samples that were NaN/inf in the MS, now flagged
 
+# ---- calibration solutions (radflow; DESIGN.md "Data model") ----
+# attrs["type"] stays the dataset type TYPE_CALIBRATION_SOLUTION (an MSv4 extension type that
+# xradio skips); the calibration type (G, T, B, TSYS, SKY, ...) is attrs["cal_type"].
+ATTR_CAL_TYPE = "cal_type"
+CAL_TYPE_TSYS = "TSYS"
+CAL_TYPE_SKY = "SKY"
+CALIBRATION_PARAMETER = "CALIBRATION_PARAMETER"
+PARAMETER_ERROR = "PARAMETER_ERROR"
+SNR = "SNR"
+EXPOSURE = "EXPOSURE"  # total integration time behind a solution sample (s)
+ATTR_SPW_ID = "spectral_window_id"
+ATTR_TSYS_SPW_ID = "tsys_spectral_window_id"
+ATTR_SKY_MODE = "sky_mode"
+ATTR_ANTENNA_NAME = "antenna_name"
+# dimensionless ratio, e.g. (ON - OFF)/OFF before the Tsys scaling; "" means raw counts
+UNITS_RATIO = "1"
+
 # ---- data groups ----
 GROUP_BASE = "base"
 GROUP_CORRECTED = "corrected"
 GROUP_MODEL = "model"
 GROUP_SCALED = "scaled"  # radflow: default output of the scale step
+GROUP_BASELINED = "baselined"  # radflow: spectra after baseline subtraction (K)
+GROUP_JY = "jy"  # radflow: single-dish spectra in Jy
 # data-group roles (keys inside one data group)
 ROLE_DATA = "correlated_data"
 ROLE_FLAG = "flag"
@@ -234,3 +254,36 @@ def data_var_name(base: str, group: str) -> str:
     e.g. ``VISIBILITY_CORRECTED``, ``FLAG_CORRECTED``.
     """
     return base if group == GROUP_BASE else f"{base}_{group.upper()}"
+
+
+# ---- baseline (radflow: the single-dish spectral baseline step, radflow.cal.baseline) ----
+# (its default output group is GROUP_BASELINED, under "data groups" above)
+TYPE_BASELINE_TABLE = "extension:baseline_table.radflow"  # per-spectrum baseline fit results
+COEFFICIENT = "coefficient"  # dim of the per-spectrum coefficient vector (strings coordinate)
+BL_COEFFICIENTS = "COEFFICIENTS"  # (time, antenna_name, polarization, coefficient), NaN-padded
+BL_RMS = "RMS"  # (time, antenna_name, polarization), data units
+BL_N_CLIPPED = "N_CLIPPED"  # (time, antenna_name, polarization), int
+BL_FIT_MASK = "FIT_MASK"  # (time, antenna_name, frequency, polarization), bool, True = fitted
+BL_ATTR_BLFUNC = "blfunc"
+BL_ATTR_ORDER = "order"
+BL_ATTR_NPIECE = "npiece"
+BL_ATTR_ADDWN = "addwn"
+BL_ATTR_REJWN = "rejwn"
+BL_ATTR_APPLYFFT = "applyfft"
+BL_ATTR_FFTTHRESH = "fftthresh"
+BL_ATTR_CLIPTHRESH = "clipthresh"
+BL_ATTR_CLIPNITER = "clipniter"
+BL_ATTR_MASKMODE = "maskmode"
+BL_ATTR_LINEFREE = "linefree"
+BL_ATTR_THRESH = "thresh"
+BL_ATTR_AVG_LIMIT = "avg_limit"
+BL_ATTR_MINWIDTH = "minwidth"
+BL_ATTR_EDGE = "edge"
+BL_ATTR_DATA_GROUP = "data_group"  # the data group that was fitted
+BL_POLY = "poly"
+BL_CHEBYSHEV = "chebyshev"
+BL_CSPLINE = "cspline"
+BL_SINUSOID = "sinusoid"
+BL_FUNCTIONS = (BL_POLY, BL_CHEBYSHEV, BL_CSPLINE, BL_SINUSOID)
+BL_MASKMODE_LIST = "list"
+BL_MASKMODE_AUTO = "auto"

@@ -13,8 +13,10 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
+import zarr
 
 from radflow import schema
 
@@ -116,12 +118,79 @@ def _load_small(ds: xr.Dataset) -> xr.Dataset:
     Steps may read time stamps, names and intents eagerly only from in-memory coordinates, and
     sub-datasets (antennas, Tsys spectra, pointing) are small next to the visibilities.
     """
-    if ds.attrs.get(schema.ATTR_TYPE) in (schema.TYPE_VISIBILITY, schema.TYPE_SPECTRUM):
+    if ds.attrs.get(schema.ATTR_TYPE) in _LAZY_TYPES or not ds.attrs.get(schema.ATTR_TYPE):
         return ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
     return ds.load()
+
+
+# Datasets whose variables can be as large as the data: only their coordinates are loaded.
+_LAZY_TYPES = (
+    schema.TYPE_VISIBILITY,
+    schema.TYPE_SPECTRUM,
+    schema.TYPE_CALIBRATION_SOLUTION,
+    schema.TYPE_BASELINE_TABLE,
+)
+
+
+def load_group(path: str | os.PathLike, group: str) -> xr.Dataset:
+    """Read one group of a store (e.g. a solution under ``calibration/``) fully into memory."""
+    with quiet_zarr_spec_warnings(), xr.open_zarr(path, group=group, consolidated=False) as ds:
+        return ds.load()
 
 
 def partitions(tree: xr.DataTree) -> dict[str, xr.DataTree]:
     """The partition nodes (visibility or spectrum groups) of a store, by name."""
     kinds = (schema.TYPE_VISIBILITY, schema.TYPE_SPECTRUM)
     return {n: c for n, c in tree.children.items() if c.attrs.get(schema.ATTR_TYPE) in kinds}
+
+
+# ---- adding results to an existing store, atomically ----
+
+_METADATA_FILES = {"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"}
+
+
+def begin_update(path: str | os.PathLike) -> Path:
+    """Start adding results to the store at `path`: return a hidden sibling copy to write into.
+
+    The copy is cheap: chunk files are hard links to the original's (new results only ever add
+    arrays, so no existing chunk file is rewritten); metadata files, which an update does
+    rewrite, are real copies, so the original store is never touched. Where hard links are not
+    possible (another file system) the chunk files are copied.
+    """
+    final = Path(path)
+    if not (final / "zarr.json").exists():
+        raise StoreError(f"{final}: not a radflow store (no zarr.json)")
+    tmp = begin_output(final, overwrite=True)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if Path(src).name in _METADATA_FILES:
+            shutil.copy2(src, dst)
+            return
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(final, tmp, copy_function=link_or_copy)
+    return tmp
+
+
+def add_variables(tmp: Path, group: str, ds: xr.Dataset) -> Any:
+    """Write `ds`'s data variables as new arrays of `group` in `tmp`, and its attrs as the
+    group's attrs; returns the dask write to compute. Coordinates are not rewritten."""
+    new = ds.drop_vars(list(ds.coords))
+    with quiet_zarr_spec_warnings():
+        return new.to_zarr(tmp, group=group, mode="a", compute=False, consolidated=False)
+
+
+def add_group(tmp: Path, group: str, ds: xr.Dataset) -> Any:
+    """Write `ds` as a new group of `tmp` (replacing one of that name); returns the dask write."""
+    with quiet_zarr_spec_warnings():
+        return ds.to_zarr(tmp, group=group, mode="w", compute=False, consolidated=False)
+
+
+def finish_update(tmp: Path, path: str | os.PathLike) -> Path:
+    """Consolidate `tmp`'s metadata and swap it in for the store at `path`."""
+    with quiet_zarr_spec_warnings():
+        zarr.consolidate_metadata(str(tmp))
+    return commit_output(tmp, path)

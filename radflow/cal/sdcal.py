@@ -1,0 +1,188 @@
+"""sdcal: apply sky and Tsys solutions to single-dish spectra (CASA ``sdcal(calmode='...,apply')``).
+
+For each ON integration at time t, per channel and correlation::
+
+    Ta*    = Tsys(t) * (ON - OFF(t)) / OFF(t)                 K
+    weight = weight_in * f_sky(t) / Tsys(t)**2                 K**-2
+
+OFF(t) and Tsys(t) are the solutions interpolated in time (linear between solution times,
+nearest outside; Tsys is already on the science channels). The sky weight factor f_sky is
+CASA's: nearest ``tau_off / (tau_on + tau_off)``; between OFFs at t1, t2 with exposures tau1, tau2
+``1 / (1 + tau_on / (t2 - t1)**2 * ((t2 - t)**2 / tau1 + (t - t1)**2 / tau2))``.
+
+Flags (CASA ``applymode='calflagstrict'``): a sample is flagged when it was flagged, when the OFF
+or Tsys solution it uses is flagged, when its antenna has no Tsys solution, or when the result
+is not finite.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from radflow import schema
+from radflow.cal import interp, tsys
+from radflow.step import (
+    add_data_group,
+    coord_values,
+    describe_partition,
+    get_data_group,
+    register_step,
+    require_units,
+)
+
+_KNOT = "_off_time"
+
+
+def _weight_factor_block(
+    times: np.ndarray, tau_on: np.ndarray, exposure: np.ndarray, *, knots: np.ndarray
+) -> np.ndarray:
+    # times: (t, 1); tau_on: (t, a); exposure: (a, k)
+    t = times.reshape(times.shape[0])
+    i0, i1, w1 = interp.time_weights(knots, t, "linear")
+    tau1 = np.moveaxis(exposure[..., i0], -1, 0)  # (t, a)
+    tau2 = np.moveaxis(exposure[..., i1], -1, 0)
+    between = (w1 > 0)[:, None]
+    t1 = knots[i0][:, None]
+    t2 = knots[i1][:, None]
+    tt = t[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        span2 = np.where(between, (t2 - t1) ** 2, 1.0)
+        linear = 1.0 / (1.0 + tau_on / span2 * ((t2 - tt) ** 2 / tau1 + (tt - t1) ** 2 / tau2))
+        nearest = tau1 / (tau_on + tau1)
+    return np.where(between, linear, nearest)
+
+
+def sky_weight_factor(
+    times: np.ndarray, time_chunks: tuple[int, ...], tau_on: xr.DataArray, sky: xr.Dataset
+) -> xr.DataArray:
+    """CASA's sky-calibration weight factor per (time, antenna), lazily (see module docstring)."""
+    target = xr.DataArray(da.from_array(times, chunks=(time_chunks,)), dims=schema.TIME)
+    exposure = sky[schema.EXPOSURE].rename({schema.TIME: _KNOT}).chunk(-1)
+    return xr.apply_ufunc(
+        _weight_factor_block,
+        target,
+        tau_on,
+        exposure,
+        input_core_dims=[[], [], [_KNOT]],
+        dask="parallelized",
+        output_dtypes=[float],
+        kwargs={"knots": sky[schema.TIME].values.astype(float)},
+    )
+
+
+def _tsys_for(ds: xr.Dataset, solution: xr.Dataset, pols: list[str]) -> tuple[xr.Dataset, bool]:
+    """The Tsys table of the partition's antenna(s) per correlation; flags if it has none."""
+    table = tsys.correlation_table(solution, pols)
+    antennas = [str(a) for a in coord_values(ds, schema.ANTENNA_NAME)]
+    known = set(table[schema.ANTENNA_NAME].values.astype(str).tolist())
+    if all(a in known for a in antennas):
+        return table.sel({schema.ANTENNA_NAME: antennas}), True
+    # calflagstrict: no solution flags the data
+    table = table.reindex({schema.ANTENNA_NAME: antennas})
+    missing = table[schema.FLAG].isnull() | table[schema.CALIBRATION_PARAMETER].isnull()
+    return (
+        table.assign(
+            {
+                schema.CALIBRATION_PARAMETER: table[schema.CALIBRATION_PARAMETER].fillna(1.0),
+                schema.FLAG: table[schema.FLAG].fillna(True).astype(bool) | missing,
+            }
+        ),
+        False,
+    )
+
+
+@register_step("sdcal")
+def apply(
+    ds: xr.Dataset,
+    sky: xr.Dataset,
+    tsys_solution: xr.Dataset,
+    *,
+    group: str = schema.GROUP_BASE,
+    output: str = schema.GROUP_CORRECTED,
+    interp_method: interp.Method = "linear",
+) -> xr.Dataset:
+    """Calibrate one ON spectrum partition to antenna temperature Ta* (K).
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        One single-dish partition (dims time, antenna_name, frequency, polarization), raw.
+    sky : xr.Dataset
+        :func:`radflow.cal.sky.solve` for the partition's antenna and spw.
+    tsys_solution : xr.Dataset
+        :func:`radflow.cal.tsys.solve` for the partition's spw.
+    group, output : str
+        Input (raw, units ``""``) and output (units ``K``) data groups.
+    interp_method : {"linear", "nearest"}
+        Time interpolation of both solutions.
+
+    Returns
+    -------
+    xr.Dataset
+        `ds` with data group `output` added (lazy).
+
+    Raises
+    ------
+    UnitsError
+        If the input group is already calibrated.
+    ValueError
+        If the solutions do not belong to the partition's spw or frequencies.
+    """
+    src = get_data_group(ds, group)
+    require_units(src, schema.UNITS_RAW, "sdcal")
+    where = f"sdcal: partition {describe_partition(ds)}"
+    info = ds.attrs.get(schema.ATTR_PARTITION_INFO) or {}
+    spw = info.get(schema.PI_SPW_ID)
+    for name, sol in (("sky", sky), ("tsys", tsys_solution)):
+        sol_spw = sol.attrs.get(schema.ATTR_SPW_ID)
+        if sol_spw is not None and spw is not None and int(sol_spw) != int(spw):
+            raise ValueError(f"{where}: the {name} solution is for spw {sol_spw}, not {spw}")
+    freq = coord_values(ds, schema.FREQUENCY)
+    tsys_freq = tsys_solution[schema.FREQUENCY].values
+    if tsys_freq.shape != freq.shape or not np.allclose(tsys_freq, freq, rtol=0, atol=1.0):
+        raise ValueError(f"{where}: the Tsys solution is not on this partition's channels")
+    antennas = [str(a) for a in coord_values(ds, schema.ANTENNA_NAME)]
+    sky_antennas = [str(a) for a in sky[schema.ANTENNA_NAME].values]
+    if sky_antennas != antennas:
+        raise ValueError(f"{where}: the sky solution is for antenna(s) {sky_antennas}")
+
+    times = coord_values(ds, schema.TIME).astype(float)
+    time_axis = src.data.dims.index(schema.TIME)
+    chunks = src.data.chunks[time_axis] if src.data.chunks else (times.size,)
+    pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
+
+    off, off_flag = interp.to_times(
+        sky[schema.CALIBRATION_PARAMETER], sky[schema.FLAG], times, chunks, interp_method
+    )
+    table, _ = _tsys_for(ds, tsys_solution, pols)
+    table = table.assign_coords({schema.FREQUENCY: freq})
+    tsys_t, tsys_flag = interp.to_times(
+        table[schema.CALIBRATION_PARAMETER], table[schema.FLAG], times, chunks, interp_method
+    )
+    factor = sky_weight_factor(times, chunks, ds[schema.EFFECTIVE_INTEGRATION_TIME], sky)
+
+    dims = src.data.dims
+    off = off.transpose(*dims)
+    tsys_t = tsys_t.transpose(*dims)
+    ta = tsys_t * (src.data - off) / off
+    flag = src.flag | off_flag.transpose(*dims) | tsys_flag.transpose(*dims) | ~np.isfinite(ta)
+    weight = src.weight * factor / tsys_t**2
+    real = src.data.dtype
+    return add_data_group(
+        ds,
+        output,
+        # Non-finite results (NaN input, flagged solutions) become 0 and stay flagged, so that
+        # no NaN reaches a later fit or average.
+        data=ta.where(np.isfinite(ta), 0.0).astype(real),
+        flag=flag,
+        weight=weight.where(np.isfinite(weight), 0.0).astype(src.weight.dtype),
+        units=schema.UNITS_KELVIN,
+        description=(
+            f"Ta* = Tsys (ON - OFF)/OFF from group {group!r} (sky mode "
+            f"{sky.attrs.get(schema.ATTR_SKY_MODE)!r}, Tsys spw "
+            f"{tsys_solution.attrs.get(schema.ATTR_TSYS_SPW_ID)}; step sdcal)"
+        ),
+        from_group=group,
+    )
