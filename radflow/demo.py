@@ -1,4 +1,5 @@
-"""The README's first command: simulate EBs, convert them on a local Dask cluster, report."""
+"""The README's first command: simulate EBs, convert and calibrate them on a local Dask cluster,
+and compare the results with the injected truth."""
 
 from __future__ import annotations
 
@@ -14,40 +15,102 @@ from radflow.cli import console
 from radflow.store import partitions
 from radflow.testing import SimulatedEB
 
+JY_PER_K = 42.0  # the demo's own Jy/K factor (ALMA 12 m total power, band 6, is ~40-45)
+
 
 def run_demo(workdir: Path, workers: int = 2) -> int:
-    """Simulate a single-dish and an interferometer EB in `workdir`, convert both to stores in
-    one Dask graph on a local cluster of `workers` processes, and print what the stores hold."""
+    """Simulate a single-dish and an interferometer EB in `workdir`, convert both in one Dask
+    graph on a local cluster of `workers` processes, calibrate the single-dish EB with the
+    ``alma_sd`` recipe on the same cluster, and compare the results with the injected truth."""
     from radflow.cli import _print_info
     from radflow.cluster import dask_client
     from radflow.converters.msv2_to_store import convert_many
+    from radflow.pipeline import load_recipe, run
     from radflow.testing import simulate_interferometer, simulate_single_dish
 
     workdir.mkdir(parents=True, exist_ok=True)
     console.rule("1. simulate two execution blocks (MSv2 with known truth)")
-    sd = simulate_single_dish(workdir / "demo_sd.ms", mode="ps", seed=1, overwrite=True)
+    sd = simulate_single_dish(
+        workdir / "demo_sd.ms", mode="ps", n_basebands=2, n_science_chan=512, seed=1,
+        overwrite=True,
+    )  # fmt: skip
     ifm = simulate_interferometer(workdir / "demo_if.ms", seed=2, overwrite=True)
     for eb in (sd, ifm):
         console.print(f"  {eb.ms_path}  (truth: {eb.truth_path.name})")
+    factors = workdir / "jyperk.csv"
+    factors.write_text(
+        "MS,Antenna,Spwid,Polarization,Factor\n"
+        + "".join(
+            f"{sd.ms_path.name},{antenna},{int(spw)},I,{JY_PER_K}\n"
+            for antenna in sd.truth.antenna_name.values
+            for spw in sd.truth.science_spw.values
+        )
+    )
 
-    console.rule(f"2. convert both in one Dask graph on a local cluster ({workers} workers)")
     with dask_client(workers=workers) as client:
         if client is not None:
             console.print(f"  Dask dashboard: {client.dashboard_link}")
+        console.rule(f"2. convert both in one Dask graph on a local cluster ({workers} workers)")
         start = time.perf_counter()
         stores = convert_many([sd.ms_path, ifm.ms_path], overwrite=True)
         console.print(f"  converted in {time.perf_counter() - start:.1f} s")
+        _print_info(str(stores[0]))
 
-    console.rule("3. what the stores hold")
-    for store in stores:
-        _print_info(str(store))
+        console.rule("3. calibrate the single-dish EB: radflow run alma_sd (same cluster)")
+        recipe = load_recipe("alma_sd", [f"jyperk.factors={factors}"])
+        console.print("  " + " -> ".join(s.step for s in recipe.steps))
+        start = time.perf_counter()
+        (result,) = run(recipe, [stores[0]], client=client, progress=False)
+        if result.status != "done":
+            console.print(f"[red]  calibration failed: {result.error}[/red]")
+            return 1
+        console.print(
+            f"  calibrated {result.partitions} partitions in {time.perf_counter() - start:.1f} s"
+            f"; groups {', '.join(result.groups)}; baseline tables "
+            + ", ".join(str(t) for t in result.tables)
+        )
 
-    console.rule("4. the stores against the injected truth")
+    console.rule("4. single dish: recovered line peak per spw against the injected truth")
+    console.print(_line_table(sd, stores[0]))
+    console.print(
+        f"  export for imaging in CASA: radflow export {stores[0]} --group jy --to {sd.ms_path}"
+    )
+    console.rule("5. the stores against the injected truth")
     table = Table("quantity", "in the store", "injected", "max |difference|")
     for row in _single_dish_checks(sd, stores[0]) + _interferometer_checks(ifm, stores[1]):
         table.add_row(*row)
     console.print(table)
     return 0
+
+
+def _line_table(eb: SimulatedEB, store: Path) -> Table:
+    """Per science spw: the strongest line's peak in K and Jy, calibrated and injected."""
+    tree = radflow.open(store)
+    truth = eb.truth
+    per_spw: dict[int, dict[str, list[np.ndarray]]] = {}
+    for node in partitions(tree).values():
+        info = node.attrs[schema.ATTR_PARTITION_INFO]
+        if schema.INTENT_ON_SOURCE not in info[schema.PI_INTENTS]:
+            continue
+        ds = node.ds
+        spw = int(info[schema.PI_SPW_ID])
+        spectra = per_spw.setdefault(spw, {"corrected": [], "baselined": [], "jy": []})
+        for group in spectra:
+            var = schema.data_var_name(schema.SPECTRUM, group)
+            spectra[group].append(
+                ds[var].mean(schema.TIME).values.reshape(-1, ds.sizes["polarization"])
+            )
+    table = Table("spw", "injected peak (K)", "Ta* (K)", "Ta* baselined (K)",
+                  f"injected x {JY_PER_K:g} Jy/K (Jy)", "S (Jy)", "difference (K)")  # fmt: skip
+    for spw, spectra in sorted(per_spw.items()):
+        line = truth.LINE_SPECTRUM.sel(science_spw=spw).values
+        peak_chan = int(np.argmax(line))
+        injected = float(line[peak_chan])
+        got = {g: float(np.mean([s[peak_chan] for s in v])) for g, v in spectra.items()}
+        table.add_row(str(spw), f"{injected:.3f}", f"{got['corrected']:.3f}",
+                      f"{got['baselined']:.3f}", f"{injected * JY_PER_K:.1f}",
+                      f"{got['jy']:.1f}", f"{got['baselined'] - injected:+.3f}")  # fmt: skip
+    return table
 
 
 def _single_dish_checks(eb: SimulatedEB, store: Path) -> list[tuple[str, ...]]:

@@ -147,9 +147,13 @@ class BlockResult:
     notes: list[str] = field(default_factory=list)
 
 
-def build(recipe: Recipe, path: str | os.PathLike) -> ExecutionBlock:
-    """Open one store and add every recipe step to it, lazily (nothing is computed)."""
-    tree = store.open(path)
+def build(recipe: Recipe, path: str | os.PathLike, tree: Any = None) -> ExecutionBlock:
+    """Add every recipe step to one store, lazily: nothing is computed.
+
+    `tree` is the store opened with :func:`radflow.open` (opened here if not given; opening
+    reads the small metadata, which is the only compute before the run's).
+    """
+    tree = store.open(path) if tree is None else tree
     eb = ExecutionBlock(
         path=Path(path),
         tree=tree,
