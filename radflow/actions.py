@@ -189,6 +189,7 @@ def sdcal_action(
     group: str = schema.GROUP_BASE,
     output: str = schema.GROUP_CORRECTED,
     interp: str = "linear",
+    weight_tsys: str = "channel",
 ) -> None:
     """Ta* = Tsys (ON - OFF)/OFF for every ON partition (:func:`radflow.cal.sdcal.apply`)."""
     for (spw, antenna), names in _sd_keys(eb).items():
@@ -204,6 +205,7 @@ def sdcal_action(
                 group=group,
                 output=output,
                 interp_method=interp,  # type: ignore[arg-type]
+                weight_tsys=weight_tsys,  # type: ignore[arg-type]
             )
             eb.update(name, ds, output)
 

@@ -5,6 +5,10 @@ For each ON integration at time t, per channel and correlation::
     Ta*    = Tsys(t) * (ON - OFF(t)) / OFF(t)                 K
     weight = weight_in * f_sky(t) / Tsys(t)**2                 K**-2
 
+By default the weight uses each channel's Tsys (the radiometer equation per channel);
+``weight_tsys="mean"`` uses the channel mean of Tsys as CASA does (one WEIGHT per MS row),
+which reproduces CASA's WEIGHT column.
+
 OFF(t) and Tsys(t) are the solutions interpolated in time (linear between solution times,
 nearest outside; Tsys is already on the science channels). The sky weight factor f_sky is
 CASA's: nearest ``tau_off / (tau_on + tau_off)``; between OFFs at t1, t2 with exposures tau1, tau2
@@ -16,6 +20,8 @@ is not finite.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import dask.array as da
 import numpy as np
@@ -102,6 +108,7 @@ def apply(
     group: str = schema.GROUP_BASE,
     output: str = schema.GROUP_CORRECTED,
     interp_method: interp.Method = "linear",
+    weight_tsys: Literal["channel", "mean"] = "channel",
 ) -> xr.Dataset:
     """Calibrate one ON spectrum partition to antenna temperature Ta* (K).
 
@@ -117,6 +124,8 @@ def apply(
         Input (raw, units ``""``) and output (units ``K``) data groups.
     interp_method : {"linear", "nearest"}
         Time interpolation of both solutions.
+    weight_tsys : {"channel", "mean"}
+        Scale weights by each channel's Tsys (default) or by the channel mean (CASA).
 
     Returns
     -------
@@ -168,7 +177,10 @@ def apply(
     tsys_t = tsys_t.transpose(*dims)
     ta = tsys_t * (src.data - off) / off
     flag = src.flag | off_flag.transpose(*dims) | tsys_flag.transpose(*dims) | ~np.isfinite(ta)
-    weight = src.weight * factor / tsys_t**2
+    if weight_tsys not in ("channel", "mean"):
+        raise ValueError(f"{where}: weight_tsys must be 'channel' or 'mean', not {weight_tsys!r}")
+    tsys_w = tsys_t if weight_tsys == "channel" else tsys_t.mean(schema.FREQUENCY)
+    weight = src.weight * factor / tsys_w**2
     real = src.data.dtype
     return add_data_group(
         ds,
