@@ -87,7 +87,10 @@ def export(
     write_flags, write_weights
         Also write FLAG (and FLAG_ROW = all flags of the row) and the weights: WEIGHT_SPECTRUM
         when the MS has it (WEIGHT is then left alone: CASA reads WEIGHT_SPECTRUM first), else
-        WEIGHT, which needs channel-constant weights.
+        WEIGHT: the channel mean of the weights (exact for channel-constant weights).
+
+    Partitions without `group` are left out: their rows keep the column's current values, or,
+    for a CORRECTED_DATA column created here, a copy of DATA/FLOAT_DATA (CASA's initial value).
 
     Returns
     -------
@@ -101,9 +104,13 @@ def export(
     allowed = (schema.MS_CORRECTED_DATA, schema.MS_DATA, schema.MS_FLOAT_DATA, schema.MS_MODEL_DATA)
     if column not in allowed:
         raise ExportError(f"column {column!r}: choose one of {', '.join(allowed)}")
-    parts = _partitions(tree)
-    for _, node in parts:
-        _data_var(node, group, store)  # every partition must have the group: check before writing
+    # Calibration adds a group to the partitions it calibrates (single dish: the ON data), so
+    # only those are written; the other rows keep the column's values (for a new
+    # CORRECTED_DATA: a copy of the raw data, as CASA initialises it).
+    all_parts = _partitions(tree)
+    parts = [(n, d) for n, d in all_parts if group in d.attrs.get(schema.ATTR_DATA_GROUPS, {})]
+    if not parts:
+        _data_var(all_parts[0][1], group, store)  # raises, naming the groups there are
 
     close_cached(ms_path)
     with CASACORE_LOCK:
@@ -191,7 +198,12 @@ def _swap_in(t: ct.table, tmp: dict[str, str]) -> None:
             if target in required:
                 for start in range(0, t.nrows(), _COPY_BLOCK_ROWS):
                     n = min(_COPY_BLOCK_ROWS, t.nrows() - start)
-                    t.putcol(target, t.getcol(temp, startrow=start, nrow=n), startrow=start, nrow=n)
+                    if t.isscalarcol(target) or t.getcoldesc(target).get("shape") is not None:
+                        values = t.getcol(temp, startrow=start, nrow=n)
+                        t.putcol(target, values, startrow=start, nrow=n)
+                    else:  # cell shapes may differ between spectral windows
+                        values = t.getvarcol(temp, startrow=start, nrow=n)
+                        t.putvarcol(target, values, startrow=start, nrow=n)
                 t.removecols([temp])
             else:
                 if target in t.colnames():
@@ -209,13 +221,24 @@ def _copy_untouched(t: ct.table, tmp: dict[str, str], parts: list[tuple[str, xr.
     if len(missing) == 0:
         return
     with CASACORE_LOCK:
-        ref = t.selectrows(missing.tolist())
-        try:
-            for target, temp in tmp.items():
-                if target in t.colnames():
-                    ref.putcol(temp, ref.getcol(target))
-        finally:
-            ref.close()
+        ddid = t.getcol("DATA_DESC_ID")[missing]
+    # Cell shapes differ between spectral windows: copy one DATA_DESC_ID at a time.
+    for dd in np.unique(ddid):
+        with CASACORE_LOCK:
+            ref = t.selectrows(missing[ddid == dd].tolist())
+            try:
+                for target, temp in tmp.items():
+                    source = target
+                    if target == schema.MS_CORRECTED_DATA and target not in t.colnames():
+                        raw = (schema.MS_DATA, schema.MS_FLOAT_DATA)
+                        source = next((c for c in raw if c in t.colnames()), target)
+                    if source in t.colnames():
+                        values = ref.getcol(source)
+                        if t.getcoldesc(temp)["valueType"] == "complex":
+                            values = values.astype(np.complex64)
+                        ref.putcol(temp, values)
+            finally:
+                ref.close()
 
 
 def _write_partition(
@@ -272,12 +295,9 @@ def _write_partition(
                 if weight_col in tmp:
                     w = cells(weight)
                     if weight_col == schema.MS_WEIGHT:
-                        if not np.all(w == w[:, :1, :]):
-                            raise ExportError(
-                                f"{name}: weights vary with channel but the MS has no "
-                                "WEIGHT_SPECTRUM column to hold them"
-                            )
-                        w = w[:, 0, :]
+                        # One WEIGHT per row and correlation (CASA's convention, e.g. sdcal's
+                        # channel-mean Tsys): the mean over channels; exact when constant.
+                        w = w.mean(axis=1, dtype=np.float64).astype(np.float32)
                     ref.putcol(tmp[weight_col], w)
             finally:
                 ref.close()

@@ -515,3 +515,34 @@ def test_run_failure_leaves_store_untouched(ps, tmp_path, monkeypatch):
         run(load_recipe("alma_sd"), [target], progress=False)
     assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
     assert not list(tmp_path.glob(".t.ps.zarr*"))
+
+
+def test_export_calibrated_spectra_to_ms(ps, tmp_path):
+    """`radflow export --group jy` puts the ON spectra in CORRECTED_DATA at their rows; rows
+    the chain did not calibrate get a copy of FLOAT_DATA, as CASA initialises the column."""
+    from casacore.tables import table
+
+    eb, store = ps
+    target = tmp_path / "x.ps.zarr"
+    shutil.copytree(store, target)
+    ms = tmp_path / "x.ms"
+    shutil.copytree(eb.ms_path, ms)
+    factors = {str(a): {1: 40.0} for a in eb.truth.antenna_name.values}
+    recipe = load_recipe("alma_sd", [f"jyperk.factors={factors}"])
+    assert run(recipe, [target], progress=False)[0].status == "done"
+    assert main(["export", str(target), "--group", "jy", "--to", str(ms)]) == 0
+    with table(str(ms), ack=False) as t:
+        written = 0
+        for node in partitions(radflow.open(target)).values():
+            ds = node.ds
+            rows = ds[schema.MSV2_ROW].values.ravel()
+            if "jy" in node.attrs["data_groups"]:
+                expected = ds.SPECTRUM_JY.values[:, 0]  # (time, chan, pol), as casacore cells
+                cells = np.stack([t.getcell("CORRECTED_DATA", int(r)) for r in rows])
+                np.testing.assert_array_equal(cells.real, expected)
+                written += rows.size
+            else:
+                cells = np.stack([t.getcell("CORRECTED_DATA", int(r)) for r in rows])
+                raw = np.stack([t.getcell("FLOAT_DATA", int(r)) for r in rows])
+                np.testing.assert_array_equal(cells.real, raw)
+        assert written > 0
