@@ -7,6 +7,7 @@ when complete, so an interrupted run never leaves something that :func:`open` ac
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -172,6 +173,13 @@ def begin_update(path: str | os.PathLike) -> Path:
             shutil.copy2(src, dst)
 
     shutil.copytree(final, tmp, copy_function=link_or_copy)
+    # zarr parses the root zarr.json for every array it creates (checking that no node is in
+    # the way); with the whole store's consolidated metadata in it that costs seconds per group.
+    # The copy drops it while being written; finish_update consolidates again.
+    root = tmp / "zarr.json"
+    meta = json.loads(root.read_text())
+    meta.pop("consolidated_metadata", None)
+    root.write_text(json.dumps(meta))
     return tmp
 
 
