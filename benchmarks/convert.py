@@ -73,6 +73,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from _common import dir_bytes, median, peak_rss_bytes, tail, warm_cache
+
 RESULT_TAG = "RADFLOW_BENCH_RESULT "
 FLOOR = "casacore-read"
 DEFAULT_PEERS = ("xarray-ms", "xradio")
@@ -120,20 +122,6 @@ REQUIRES = {
 # ---------------------------------------------------------------------------------------------
 # Child side: one conversion, measured from inside the process.
 # ---------------------------------------------------------------------------------------------
-
-
-def _peak_rss_bytes() -> int:
-    """Peak RSS of this process: VmHWM (Linux), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
 
 
 def _prepare(tool: str, compression_level: int) -> Callable[[str, str], None]:
@@ -209,7 +197,7 @@ def run_one(tool: str, ms: str, out: str, compression_level: int) -> None:
         "tool": tool,
         "import_s": t1 - t0,
         "convert_s": t2 - t1,
-        "peak_rss": _peak_rss_bytes(),
+        "peak_rss": peak_rss_bytes(),
         "children_peak_rss": children,
     }
     sys.stdout.flush()
@@ -241,31 +229,6 @@ class Result:
     codec: str = ""
     error: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def dir_bytes(path: Path) -> int:
-    """Sum of the sizes of all files under `path` (apparent sizes)."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            p = os.path.join(root, name)
-            if not os.path.islink(p):
-                total += os.path.getsize(p)
-    return total
-
-
-def warm_cache(path: Path, block: int = 16 * 2**20) -> float:
-    """Read every file under `path` once (like ``cat`` to /dev/null); return seconds taken."""
-    t0 = time.perf_counter()
-    buf = bytearray(block)
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb", buffering=0) as f:
-                while f.readinto(buf):
-                    pass
-    return time.perf_counter() - t0
 
 
 def _codec_text(codecs: Sequence[dict]) -> str:
@@ -319,11 +282,6 @@ def installed(dist: str) -> str | None:
         return None
 
 
-def _tail(text: str, lines: int = 6) -> str:
-    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return "\n".join(kept[-lines:])
-
-
 def launch(
     tool: str, ms: Path, out: Path, level: int, log: Path, timeout: float
 ) -> tuple[Result, str]:
@@ -356,7 +314,7 @@ def launch(
             why = f"killed by signal {-proc.returncode}" + (
                 " (out of memory?)" if proc.returncode == -9 else ""
             )
-        err = _tail(proc.stderr) or "(no stderr)"
+        err = tail(proc.stderr) or "(no stderr)"
         return Result(tool, ok=False, total_s=total, error=f"{why}\n{err}"), proc.stderr
     res = Result(
         tool,
@@ -391,12 +349,6 @@ def _attempt(tool: str, ms: Path, workdir: Path, args: argparse.Namespace) -> tu
     return res, stderr
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
 def run_tool(tool: str, ms: Path, workdir: Path, args: argparse.Namespace) -> list[Result]:
     """Run `tool` ``--repeat`` times; times are medians, the peak RSS is the largest seen.
 
@@ -423,9 +375,9 @@ def run_tool(tool: str, ms: Path, workdir: Path, args: argparse.Namespace) -> li
         runs.append(res)
     best = runs[0]
     if len(runs) > 1:
-        best.convert_s = _median([r.convert_s for r in runs])
-        best.import_s = _median([r.import_s for r in runs])
-        best.total_s = _median([r.total_s for r in runs])
+        best.convert_s = median([r.convert_s for r in runs])
+        best.import_s = median([r.import_s for r in runs])
+        best.total_s = median([r.total_s for r in runs])
         best.peak_rss = max(r.peak_rss for r in runs)
         spread = ", ".join(f"{r.convert_s:.2f}" for r in runs)
         best.notes.append(f"convert s of the {len(runs)} runs: {spread}")
@@ -594,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 text=True,
             )
             if proc.returncode != 0:
-                print(f"simulation failed:\n{_tail(proc.stderr, 12)}")
+                print(f"simulation failed:\n{tail(proc.stderr, 12)}")
                 return 1
             ms_bytes = dir_bytes(ms)
             print(

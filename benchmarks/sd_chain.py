@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from _common import dir_bytes, median, peak_rss_bytes, tail, warm_cache
+
 RESULT_TAG = "RADFLOW_BENCH_RESULT "
 HERE = Path(__file__).resolve().parent
 CASA_PYTHON = "/work/casa-venv/bin/python"
@@ -117,21 +119,8 @@ def target_scans_for(size_gb: float) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _peak_rss_bytes() -> int:
-    """Peak RSS of this process: VmHWM (Linux), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _report(**result: object) -> None:
-    result["vmhwm"] = _peak_rss_bytes()
+    result["vmhwm"] = peak_rss_bytes()
     sys.stdout.flush()
     print(RESULT_TAG + json.dumps(result), flush=True)
 
@@ -229,11 +218,6 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def _tail(text: str, lines: int = 8) -> str:
-    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return "\n".join(kept[-lines:])
-
-
 def launch(
     cmd: list[str], log: Path, timeout: float, poll: float, cwd: Path | None = None
 ) -> tuple[dict | None, str, float, int]:
@@ -280,7 +264,7 @@ def launch(
         why = f"exit status {proc.returncode}"
         if proc.returncode == -9:
             why += " (killed: out of memory?)"
-        return None, f"{why}\n{_tail(text)}", wall, peak
+        return None, f"{why}\n{tail(text, 8)}", wall, peak
     return payload, "", wall, max(peak, int(payload.get("vmhwm", 0)))
 
 
@@ -297,32 +281,6 @@ def _tree(root) -> list:
 
 def this(*args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *args]
-
-
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            p = os.path.join(root, name)
-            if not os.path.islink(p):
-                total += os.path.getsize(p)
-    return total
-
-
-def warm_cache(path: Path, block: int = 16 * 2**20) -> None:
-    """Read every file under `path` once (``cat`` to /dev/null)."""
-    buf = bytearray(block)
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb", buffering=0) as f:
-                while f.readinto(buf):
-                    pass
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def prepare_eb(size_gb: float, workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, dict]:
@@ -436,8 +394,8 @@ def run_contender(
         runs.append(res)
     best = runs[0]
     if len(runs) > 1:
-        best.wall_s = _median([r.wall_s for r in runs])
-        best.work_s = _median([r.work_s for r in runs])
+        best.wall_s = median([r.wall_s for r in runs])
+        best.work_s = median([r.work_s for r in runs])
         best.peak_rss = max(r.peak_rss for r in runs)
         best.notes.append("wall s of the runs: " + ", ".join(f"{r.wall_s:.1f}" for r in runs))
     return best
@@ -456,7 +414,7 @@ def casa_available(python: str) -> tuple[bool, str]:
     except subprocess.TimeoutExpired:
         return False, "importing casatasks timed out"
     if proc.returncode != 0:
-        return False, "casatasks does not import: " + _tail(proc.stderr, 1)
+        return False, "casatasks does not import: " + tail(proc.stderr, 1)
     return True, proc.stdout.strip().splitlines()[-1]
 
 

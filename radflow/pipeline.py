@@ -166,6 +166,9 @@ def build(recipe: Recipe, path: str | os.PathLike, tree: Any = None) -> Executio
     return eb
 
 
+_ARRAY_ROLES = (schema.ROLE_DATA, schema.ROLE_FLAG, schema.ROLE_WEIGHT)
+
+
 def _writes(eb: ExecutionBlock, tmp: Path) -> list[Any]:
     writes = []
     for name, groups in eb.new_groups.items():
@@ -178,9 +181,6 @@ def _writes(eb: ExecutionBlock, tmp: Path) -> list[Any]:
     for key, solution in {**eb.solutions, **eb.tables}.items():
         writes.append(store.add_group(tmp, f"{CALIBRATION_GROUP}/{key}", solution))
     return writes
-
-
-_ARRAY_ROLES = (schema.ROLE_DATA, schema.ROLE_FLAG, schema.ROLE_WEIGHT)
 
 
 def _compute(writes: Sequence[Any], client: Any, progress: bool) -> None:

@@ -78,24 +78,20 @@ def sky_weight_factor(
     )
 
 
-def _tsys_for(ds: xr.Dataset, solution: xr.Dataset, pols: list[str]) -> tuple[xr.Dataset, bool]:
-    """The Tsys table of the partition's antenna(s) per correlation; flags if it has none."""
-    table = tsys.correlation_table(solution, pols)
+def _tsys_for(ds: xr.Dataset, solution: xr.Dataset, pols: list[str]) -> xr.Dataset:
+    """The Tsys table of the partition's antenna(s) per correlation.
+
+    An antenna without a solution gets flagged entries (calflagstrict: no solution flags the
+    data); the solution itself never holds NaN (flagged values are stored as 1.0).
+    """
     antennas = [str(a) for a in coord_values(ds, schema.ANTENNA_NAME)]
-    known = set(table[schema.ANTENNA_NAME].values.astype(str).tolist())
-    if all(a in known for a in antennas):
-        return table.sel({schema.ANTENNA_NAME: antennas}), True
-    # calflagstrict: no solution flags the data
-    table = table.reindex({schema.ANTENNA_NAME: antennas})
-    missing = table[schema.FLAG].isnull() | table[schema.CALIBRATION_PARAMETER].isnull()
-    return (
-        table.assign(
-            {
-                schema.CALIBRATION_PARAMETER: table[schema.CALIBRATION_PARAMETER].fillna(1.0),
-                schema.FLAG: table[schema.FLAG].fillna(True).astype(bool) | missing,
-            }
-        ),
-        False,
+    table = tsys.correlation_table(solution, pols).reindex({schema.ANTENNA_NAME: antennas})
+    missing = table[schema.CALIBRATION_PARAMETER].isnull()
+    return table.assign(
+        {
+            schema.CALIBRATION_PARAMETER: table[schema.CALIBRATION_PARAMETER].fillna(1.0),
+            schema.FLAG: table[schema.FLAG].fillna(True).astype(bool) | missing,
+        }
     )
 
 
@@ -165,7 +161,7 @@ def apply(
     off, off_flag = interp.to_times(
         sky[schema.CALIBRATION_PARAMETER], sky[schema.FLAG], times, chunks, interp_method
     )
-    table, _ = _tsys_for(ds, tsys_solution, pols)
+    table = _tsys_for(ds, tsys_solution, pols)
     table = table.assign_coords({schema.FREQUENCY: freq})
     tsys_t, tsys_flag = interp.to_times(
         table[schema.CALIBRATION_PARAMETER], table[schema.FLAG], times, chunks, interp_method

@@ -138,9 +138,7 @@ def otf_off(offsets: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return off
 
 
-def _block_average(
-    ds: xr.Dataset, group: str, labels: np.ndarray, where: str
-) -> tuple[xr.Dataset, np.ndarray]:
+def _block_average(ds: xr.Dataset, group: str, labels: np.ndarray, where: str) -> xr.Dataset:
     """Exposure-weighted average of the integrations sharing a label >= 0 (lazy)."""
     src = get_data_group(ds, group)
     times = coord_values(ds, schema.TIME).astype(float)
@@ -167,8 +165,7 @@ def _block_average(
             schema.EXPOSURE: exposure.assign_attrs({schema.ATTR_UNITS: "s"}),
         }
     )
-    solution = solution.rename({_BLOCK: schema.TIME}).assign_coords({schema.TIME: block_times})
-    return solution, block_times
+    return solution.rename({_BLOCK: schema.TIME}).assign_coords({schema.TIME: block_times})
 
 
 def solve(
@@ -226,8 +223,7 @@ def solve(
             # A raster row's start and end are separate OFF blocks even without a time gap.
             run = np.concatenate([[0], np.cumsum(np.diff(off.astype(int)) != 0)])
             labels = np.where(off, blocks * times.size + run, -1)
-        piece, _ = _block_average(ds, group, labels, where)
-        pieces.append(piece)
+        pieces.append(_block_average(ds, group, labels, where))
     solution = xr.concat(pieces, dim=schema.TIME).sortby(schema.TIME)
     first = partitions[0]
     info = first.attrs.get(schema.ATTR_PARTITION_INFO) or {}

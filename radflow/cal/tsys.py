@@ -29,6 +29,7 @@ import xarray as xr
 
 from radflow import schema
 from radflow.step import coord_values
+from radflow.store import partitions
 
 SpwMap = Mapping[int, int] | Sequence[int]
 
@@ -47,15 +48,10 @@ class SpectralWindow:
     frequency: np.ndarray  # channel centres, Hz
 
 
-def _partitions(tree: xr.DataTree) -> list[xr.DataTree]:
-    kinds = (schema.TYPE_VISIBILITY, schema.TYPE_SPECTRUM)
-    return [c for c in tree.children.values() if c.attrs.get(schema.ATTR_TYPE) in kinds]
-
-
 def spectral_windows(tree: xr.DataTree) -> dict[int, SpectralWindow]:
     """The spectral windows of an execution block's partitions, by spw id."""
     out: dict[int, SpectralWindow] = {}
-    for node in _partitions(tree):
+    for node in partitions(tree).values():
         info = node.attrs.get(schema.ATTR_PARTITION_INFO) or {}
         spw = int(info[schema.PI_SPW_ID])
         if spw not in out:
@@ -90,7 +86,7 @@ def system_calibration(tree: xr.DataTree) -> dict[int, xr.Dataset]:
     ``TSYS`` in K and time = SYSCAL ``TIME - INTERVAL/2`` (unix s).
     """
     per_spw: dict[int, dict[str, xr.Dataset]] = {}
-    for node in _partitions(tree):
+    for node in partitions(tree).values():
         if schema.SYSTEM_CALIBRATION_XDS not in node.children:
             continue
         xds = node[schema.SYSTEM_CALIBRATION_XDS].to_dataset()  # antenna_name comes from above
@@ -240,12 +236,8 @@ def solve(
             "tsys: the execution block has no SYSCAL Tsys spectra (no system_calibration_xds "
             "with TSYS in any partition)"
         )
-    tsys_windows: dict[int, SpectralWindow | np.ndarray] = {
-        tid: windows.get(tid, ds[schema.FREQUENCY_SYSTEM_CAL].values)
-        if schema.FREQUENCY_SYSTEM_CAL in ds.coords
-        else windows.get(tid, np.array([np.nan]))
-        for tid, ds in syscal.items()
-    }
+    # SYSCAL reaches the store through the partitions of its own spw, so windows knows it.
+    tsys_windows: dict[int, SpectralWindow | np.ndarray] = {tid: windows[tid] for tid in syscal}
     tsys_spw = spw_map({spw: windows[spw]}, tsys_windows, spwmap)[spw]
     table = syscal[tsys_spw]
     freq = windows[spw].frequency
