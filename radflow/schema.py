@@ -148,6 +148,27 @@ ATTR_SPW_ID = "spectral_window_id"
 ATTR_TSYS_SPW_ID = "tsys_spectral_window_id"
 ATTR_SKY_MODE = "sky_mode"
 ATTR_ANTENNA_NAME = "antenna_name"
+# Interferometer solution tables (gaincal, bandpass, fluxscale; radflow.cal.gain & co). One
+# solution Dataset per spectral window, dims (time, antenna_name, frequency, receptor):
+# frequency has one entry (the spw's centre, Hz) for G/T and one per channel for B; receptor is
+# the feed letters (X, Y or R, L) for G/B and one entry, the letters joined ("XY", "RL"), for T
+# (one gain shared by both hands). A multi-spw table is a Mapping[int, Dataset] (spw id -> one).
+CAL_TYPE_G = "G"
+CAL_TYPE_T = "T"
+CAL_TYPE_B = "B"
+CAL_TYPE_BPOLY = "BPOLY"
+CAL_TYPES_GAIN = (CAL_TYPE_G, CAL_TYPE_T)
+REFERENCE_ANTENNA = "REFERENCE_ANTENNA"  # var (time,): the refant name of each solution
+SOLUTION_INTERVAL = "SOLUTION_INTERVAL"  # var (time,): the interval a solution spans (s)
+N_VISIBILITIES = "N_VISIBILITIES"  # var (time, antenna_name, frequency, receptor): data used
+SCAN_NUMBER = "scan_number"  # coordinate (time,) of solutions: the (first) scan solved
+ATTR_SOLINT = "solint"
+ATTR_COMBINE = "combine"
+ATTR_CALMODE = "calmode"
+ATTR_REFANT = "refant"  # the user's refant list, comma separated
+ATTR_MS_NAME = "ms_name"  # the source MS path (CASA caltable keyword MSName)
+ATTR_POL_BASIS = "polarization_basis"  # "linear" or "circular" (CASA keyword PolBasis)
+ATTR_FIELDS = "fields"  # field names the solutions came from
 # dimensionless ratio, e.g. (ON - OFF)/OFF before the Tsys scaling; "" means raw counts
 UNITS_RATIO = "1"
 
