@@ -64,7 +64,9 @@ Line finder (:func:`find_lines`)
    candidate box are candidates; runs of candidates at least ``minwidth`` original channels long
    are lines. The line set is the union over binnings; nothing is widened.
 
-The step :func:`subtract` runs the numpy kernels lazily, one dask task per chunk of spectra.
+The step :func:`subtract` runs the kernels lazily, one dask task per chunk of spectra; inside a
+task the spectra are fitted and searched together (batched normal equations, vectorised line
+finder), which gives the same results as one spectrum at a time to float64 round-off.
 """
 
 from __future__ import annotations
@@ -213,23 +215,11 @@ def _u(n_chan: int) -> np.ndarray:
     return np.arange(n_chan, dtype=float) / max(n_chan - 1, 1)
 
 
-def _cspline_knots(mask: np.ndarray, npiece: int) -> np.ndarray:
-    """Inner knots (in u) splitting the mask's channels into `npiece` equal-count groups."""
-    chans = np.flatnonzero(mask)
-    n = chans.size
-    idx = [(j * n) // npiece for j in range(1, npiece)]
-    return chans[idx].astype(float) / max(mask.size - 1, 1)
-
-
-def _design(blfunc: str, n_chan: int, order: int, knots: np.ndarray, waves: Sequence[int]):
-    u = _u(n_chan)
-    if blfunc == schema.BL_POLY:
-        return np.vander(u, order + 1, increasing=True)
-    if blfunc == schema.BL_CHEBYSHEV:
-        return _cheb.chebvander(2.0 * u - 1.0, order)
-    if blfunc == schema.BL_CSPLINE:
-        cols = [u**0, u, u**2, u**3] + [np.clip(u - t, 0.0, None) ** 3 for t in knots]
-        return np.stack(cols, axis=1)
+def _design(blfunc: str, n_chan: int, order: int, waves: Sequence[int]) -> np.ndarray:
+    """(N, P) design shared by every spectrum: Chebyshev polynomials (the basis ``poly`` is
+    solved in too, see :func:`_poly_from_chebyshev`) or sinusoids."""
+    if blfunc in (schema.BL_POLY, schema.BL_CHEBYSHEV):
+        return _cheb.chebvander(2.0 * _u(n_chan) - 1.0, order)
     phase = 2.0 * np.pi * np.arange(n_chan, dtype=float) / n_chan
     cols = []
     for k in waves:
@@ -238,17 +228,6 @@ def _design(blfunc: str, n_chan: int, order: int, knots: np.ndarray, waves: Sequ
         else:
             cols += [np.sin(k * phase), np.cos(k * phase)]
     return np.stack(cols, axis=1) if cols else np.zeros((n_chan, 0))
-
-
-def _cspline_piece_coefficients(coef: np.ndarray, knots: np.ndarray) -> np.ndarray:
-    """Truncated-power coefficients -> 4 polynomial coefficients (in u) per piece."""
-    pieces = [coef[:4].copy()]
-    current = coef[:4].copy()
-    for b, t in zip(coef[4:], knots, strict=True):
-        # b (u - t)^3 = b (u^3 - 3 t u^2 + 3 t^2 u - t^3)
-        current = current + b * np.array([-(t**3), 3 * t**2, -3 * t, 1.0])
-        pieces.append(current.copy())
-    return np.concatenate(pieces)
 
 
 def _n_params(blfunc: str, order: int, npiece: int, waves: Sequence[int]) -> int:
@@ -281,15 +260,196 @@ def _fft_wave_numbers(y: np.ndarray, mask: np.ndarray, fftthresh: float | str) -
     return [int(k) + 1 for k in np.flatnonzero(amp > limit)]
 
 
-def _failed(n_chan: int, n_coef: int, mask: np.ndarray, waves: Sequence[int]) -> BaselineFit:
-    return BaselineFit(
-        model=np.full(n_chan, np.nan),
-        coefficients=np.full(n_coef, np.nan),
-        rms=float("nan"),
-        nclipped=0,
-        mask_used=mask,
-        wave_numbers=tuple(waves),
+# ---- batched least squares: many spectra at once ----
+
+# Eigenvalues of the (unit-diagonal) Gram matrix below this fraction of the largest are treated
+# as zero: rank-deficient fits get the minimum-norm solution, as lstsq would give.
+_GRAM_RCOND = 1e-13
+
+
+def _lstsq_rows(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per row s, the coefficients minimising ``sum_c w[s,c] (y[s,c] - design[(s,)c] @ coef)^2``.
+
+    `design` is (C, P), shared by all rows, or (S, C, P); `y` (S, C); `w` (S, C) 0/1 weights.
+    The normal equations are solved for all rows at once (one BLAS product and one batched
+    eigendecomposition of P x P matrices instead of an SVD per spectrum), after scaling to a
+    unit diagonal; one step of iterative refinement then recovers the accuracy the squared
+    condition number of the normal equations would cost.
+    """
+    shared = design.ndim == 2
+
+    def project(values: np.ndarray) -> np.ndarray:  # design^T (w * values), per row
+        if shared:
+            return (w * values) @ design
+        return np.einsum("sc,sci->si", w * values, design)
+
+    def evaluate(coef: np.ndarray) -> np.ndarray:  # design @ coef, per row
+        if shared:
+            return coef @ design.T
+        return np.einsum("sci,si->sc", design, coef)
+
+    n_par = design.shape[-1]
+    if shared:
+        outer = (design[:, :, None] * design[:, None, :]).reshape(design.shape[0], -1)
+        gram = (w @ outer).reshape(-1, n_par, n_par)
+    else:
+        gram = np.einsum("sc,sci,scj->sij", w, design, design)
+    scale = np.sqrt(np.einsum("sii->si", gram))
+    scale[scale == 0] = 1.0
+    evals, evecs = np.linalg.eigh(gram / scale[:, :, None] / scale[:, None, :])
+    keep = evals > _GRAM_RCOND * evals[:, -1:]
+    inverse = np.where(keep, 1.0 / np.where(keep, evals, 1.0), 0.0)
+
+    def solve(rhs: np.ndarray) -> np.ndarray:
+        x = np.einsum("sji,sj->si", evecs, rhs / scale)
+        return np.einsum("sij,sj->si", evecs, inverse * x) / scale
+
+    coef = solve(project(y))
+    return coef + solve(project(y - evaluate(coef)))
+
+
+def _masked_mean_std(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, mean and standard deviation (ddof=0) of `values` over `mask`."""
+    n = np.maximum(mask.sum(axis=1), 1)
+    mean = np.where(mask, values, 0.0).sum(axis=1) / n
+    dev = np.where(mask, values - mean[:, None], 0.0)
+    return mean, np.sqrt((dev * dev).sum(axis=1) / n)
+
+
+def _poly_from_chebyshev(order: int) -> np.ndarray:
+    """(order+1, order+1) matrix taking Chebyshev coefficients in ``v = 2u - 1`` to power
+    coefficients in ``u``: poly fits are solved in the Chebyshev basis (same span, far better
+    conditioned normal equations) and reported in CASA's power basis."""
+    out = np.zeros((order + 1, order + 1))
+    for k in range(order + 1):
+        power = _cheb.Chebyshev.basis(k, domain=[0.0, 1.0]).convert(
+            kind=np.polynomial.Polynomial, domain=[-1.0, 1.0], window=[-1.0, 1.0]
+        )
+        out[: power.coef.size, k] = power.coef
+    return out
+
+
+def _cspline_knots_rows(mask: np.ndarray, npiece: int) -> np.ndarray:
+    """(S, npiece-1) inner knots (in u) per row: knot j is the channel ``m[(j * n) // npiece]``
+    of the row's sorted mask channels ``m`` (``n`` of them; see the module docstring)."""
+    n = mask.sum(axis=1)
+    cum = np.cumsum(mask, axis=1)
+    targets = (np.arange(1, npiece)[None, :] * n[:, None]) // npiece  # index into the channels
+    chans = np.stack([np.argmax(cum > t[:, None], axis=1) for t in targets.T], axis=1)
+    return chans.reshape(mask.shape[0], npiece - 1).astype(float) / max(mask.shape[1] - 1, 1)
+
+
+def _cspline_design_rows(n_chan: int, knots: np.ndarray) -> np.ndarray:
+    """(S, C, 4 + K) truncated-power design per row of `knots` (S, K)."""
+    u = _u(n_chan)
+    powers = np.broadcast_to(np.stack([u**0, u, u**2, u**3], axis=1), (knots.shape[0], n_chan, 4))
+    truncated = np.clip(u[None, :, None] - knots[:, None, :], 0.0, None) ** 3
+    return np.concatenate([powers, truncated], axis=2)
+
+
+def _cspline_pieces_rows(coef: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """Rows of truncated-power coefficients -> 4 polynomial coefficients (in u) per piece."""
+    jumps = coef[:, 4:, None] * np.stack(
+        [-(knots**3), 3 * knots**2, -3 * knots, np.ones_like(knots)], axis=2
+    )  # (S, K, 4): b (u - t)^3 = b (u^3 - 3 t u^2 + 3 t^2 u - t^3)
+    pieces = coef[:, None, :4] + np.concatenate(
+        [np.zeros_like(jumps[:, :1]), np.cumsum(jumps, axis=1)], axis=1
     )
+    return pieces.reshape(coef.shape[0], -1)
+
+
+@dataclass
+class _RowFits:
+    """Fits of S spectra of one basis (arrays over rows, see :class:`BaselineFit`)."""
+
+    model: np.ndarray  # (S, C)
+    coefficients: np.ndarray  # (S, n_reported)
+    rms: np.ndarray  # (S,)
+    nclipped: np.ndarray  # (S,)
+    mask_used: np.ndarray  # (S, C)
+
+
+def _fit_rows(
+    y0: np.ndarray,
+    mask: np.ndarray,
+    *,
+    blfunc: str,
+    order: int,
+    npiece: int,
+    waves: Sequence[int],
+    clipthresh: float,
+    clipniter: int,
+) -> _RowFits:
+    """Fit one basis to every row of `y0` (S, C; finite) over `mask` (S, C), with clipping.
+
+    Rows with fewer usable channels than parameters come back NaN (model, coefficients, rms).
+    """
+    n_rows, n_chan = y0.shape
+    n_par = _n_params(blfunc, order, npiece, waves)
+    n_rep = _n_reported(blfunc, order, npiece, waves)
+    current = mask.copy()
+    model = np.full((n_rows, n_chan), np.nan)
+    coef = np.full((n_rows, n_par), np.nan)
+    knots = np.zeros((n_rows, max(npiece - 1, 0)))
+    nclipped = np.zeros(n_rows, dtype=np.int64)
+    active = (current.sum(axis=1) >= n_par) if n_par > 0 else np.zeros(n_rows, dtype=bool)
+    fitted = active.copy()
+    if blfunc != schema.BL_CSPLINE:
+        shared = _design(blfunc, n_chan, order, waves)
+
+    for iteration in range(clipniter + 1):
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        w = current[rows]
+        if blfunc == schema.BL_CSPLINE:
+            knots[rows] = _cspline_knots_rows(w, npiece)
+            design = _cspline_design_rows(n_chan, knots[rows])
+        else:
+            design = shared
+        c = _lstsq_rows(design, y0[rows], w.astype(np.float64))
+        m = c @ design.T if design.ndim == 2 else np.einsum("sci,si->sc", design, c)
+        coef[rows], model[rows] = c, m
+        if iteration == clipniter:
+            break
+        resid = y0[rows] - m
+        mean, std = _masked_mean_std(resid, w)
+        clip = w & (np.abs(resid - mean[:, None]) > clipthresh * std[:, None])
+        n_new = clip.sum(axis=1)
+        go = (n_new > 0) & (w.sum(axis=1) - n_new >= n_par)
+        # rows with nothing to clip, or too few channels left after clipping, keep their fit
+        current[rows[go]] &= ~clip[go]
+        nclipped[rows[go]] += n_new[go]
+        active[rows[~go]] = False
+
+    _, rms = _masked_mean_std(y0 - np.nan_to_num(model), current)
+    rms[~fitted] = np.nan
+    if blfunc == schema.BL_POLY:
+        coef = coef @ _poly_from_chebyshev(order).T
+    elif blfunc == schema.BL_CSPLINE:
+        coef = _cspline_pieces_rows(coef, knots)
+    return _RowFits(
+        model=model,
+        coefficients=coef.reshape(n_rows, n_rep),
+        rms=rms,
+        nclipped=np.where(fitted, nclipped, 0),
+        mask_used=current,
+    )
+
+
+def _sinusoid_waves(
+    y0: np.ndarray, mask: np.ndarray, addwn: WaveNumbers, rejwn: WaveNumbers, applyfft: bool,
+    fftthresh: float | str,
+) -> list[tuple[int, ...]]:  # fmt: skip
+    """Per row, the wave numbers to fit: addwn (+ FFT-selected) minus rejwn."""
+    n_chan = y0.shape[1]
+    wanted = set(_parse_wave_numbers(addwn, n_chan, "addwn"))
+    rejected = set(_parse_wave_numbers(rejwn, n_chan, "rejwn"))
+    out = []
+    for row, keep in zip(y0, mask, strict=True):
+        waves = wanted | set(_fft_wave_numbers(row, keep, fftthresh)) if applyfft else wanted
+        out.append(tuple(sorted(waves - rejected)))
+    return out
 
 
 def fit_spectrum(
@@ -307,6 +467,8 @@ def fit_spectrum(
     clipniter: int = 0,
 ) -> BaselineFit:
     """Fit a baseline to one spectrum by least squares over `mask`, with optional clipping.
+
+    The step fits many spectra at once with the same kernel; this is its one-spectrum form.
 
     Parameters
     ----------
@@ -332,53 +494,44 @@ def fit_spectrum(
     y = np.asarray(spectrum, dtype=np.float64)
     if y.ndim != 1 or np.shape(mask) != y.shape:
         raise ValueError(f"spectrum and mask must be 1-D of equal length, got {y.shape}")
-    n_chan = y.size
     finite = np.isfinite(y)
-    current = np.asarray(mask, dtype=bool) & finite
-    y0 = np.where(finite, y, 0.0)
-
-    waves: list[int] = []
+    current = (np.asarray(mask, dtype=bool) & finite)[None]
+    y0 = np.where(finite, y, 0.0)[None]
+    waves: tuple[int, ...] = ()
     if blfunc == schema.BL_SINUSOID:
-        wanted = set(_parse_wave_numbers(addwn, n_chan, "addwn"))
-        rejected = set(_parse_wave_numbers(rejwn, n_chan, "rejwn"))
         if applyfft:
-            wanted |= set(_fft_wave_numbers(y0, current, fftthresh))
-        waves = sorted(wanted - rejected)
-    n_par = _n_params(blfunc, order, npiece, waves)
-    n_rep = _n_reported(blfunc, order, npiece, waves)
-    if n_par == 0 or current.sum() < n_par:
-        return _failed(n_chan, n_rep, current, waves)
-
-    nclipped = 0
-    for iteration in range(clipniter + 1):
-        knots = _cspline_knots(current, npiece) if blfunc == schema.BL_CSPLINE else np.empty(0)
-        design = _design(blfunc, n_chan, order, knots, waves)
-        coef, *_ = np.linalg.lstsq(design[current], y0[current], rcond=None)
-        model = design @ coef
-        if iteration == clipniter:
-            break
-        resid = y0 - model
-        r = resid[current]
-        clip = current & (np.abs(resid - r.mean()) > clipthresh * r.std())
-        n_new = int(clip.sum())
-        if n_new == 0 or current.sum() - n_new < n_par:
-            break  # nothing to clip, or clipping would leave too few channels to fit
-        current = current & ~clip
-        nclipped += n_new
-
-    r = (y0 - model)[current]
-    coefficients = _cspline_piece_coefficients(coef, knots) if blfunc == schema.BL_CSPLINE else coef
+            _parse_fftthresh(fftthresh)
+        (waves,) = _sinusoid_waves(y0, current, addwn, rejwn, applyfft, fftthresh)
+    fits = _fit_rows(
+        y0, current, blfunc=blfunc, order=int(order), npiece=int(npiece), waves=waves,
+        clipthresh=float(clipthresh), clipniter=int(clipniter),
+    )  # fmt: skip
     return BaselineFit(
-        model=model,
-        coefficients=np.asarray(coefficients, dtype=np.float64),
-        rms=float(r.std()),
-        nclipped=nclipped,
-        mask_used=current,
-        wave_numbers=tuple(waves),
+        model=fits.model[0],
+        coefficients=fits.coefficients[0],
+        rms=float(fits.rms[0]),
+        nclipped=int(fits.nclipped[0]),
+        mask_used=fits.mask_used[0],
+        wave_numbers=waves,
     )
 
 
 # ---- line finder ----
+
+
+def _mad80_rows(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """mad80 of every row of `values` (S, C) over `mask` (S, C); NaN for an empty row."""
+    n = mask.sum(axis=1)
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    lo = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(ordered, np.maximum(n // 2, 0)[:, None], axis=1)[:, 0]
+    median = 0.5 * (lo + hi)
+    dev = np.sort(np.where(mask, np.abs(values - median[:, None]), np.inf), axis=1)
+    keep = np.maximum(1, np.ceil(0.8 * n).astype(np.int64))
+    running = np.cumsum(np.where(np.isfinite(dev), dev, 0.0), axis=1)
+    total = np.take_along_axis(running, (keep - 1)[:, None], axis=1)[:, 0]
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, total / keep / _MAD80_NORM, np.nan)
 
 
 def mad80(values: np.ndarray) -> float:
@@ -386,12 +539,8 @@ def mad80(values: np.ndarray) -> float:
 
     Returns NaN for an empty input. Units: those of `values`.
     """
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return float("nan")
-    d = np.sort(np.abs(x - np.median(x)))
-    keep = max(1, math.ceil(0.8 * d.size))
-    return float(d[:keep].mean() / _MAD80_NORM)
+    x = np.asarray(values, dtype=np.float64).reshape(1, -1)
+    return float(_mad80_rows(x, np.ones(x.shape, dtype=bool))[0])
 
 
 def _edge_mask(n_chan: int, edge: Sequence[int]) -> np.ndarray:
@@ -401,27 +550,73 @@ def _edge_mask(n_chan: int, edge: Sequence[int]) -> np.ndarray:
     return keep
 
 
-def _detect(resid: np.ndarray, search: np.ndarray, sigma: float, b: int) -> np.ndarray:
-    """Per channel, the significance of its box of b channels: box mean / (sigma / sqrt(count))."""
-    n_chan = resid.size
+def _detect_rows(resid: np.ndarray, search: np.ndarray, sigma: np.ndarray, b: int) -> np.ndarray:
+    """Per row and channel, the significance of its box of b channels: box mean / (sigma /
+    sqrt(count)), over the searched channels."""
+    vals = np.where(search, resid, 0.0)
+    if b == 1:
+        return vals / sigma[:, None]
+    n_rows, n_chan = resid.shape
     n_box = -(-n_chan // b)
-    pad = n_box * b - n_chan
-    vals = np.concatenate([np.where(search, resid, 0.0), np.zeros(pad)]).reshape(n_box, b)
-    counts = np.concatenate([search, np.zeros(pad, dtype=bool)]).reshape(n_box, b).sum(axis=1)
+    if n_box * b != n_chan:
+        pad = ((0, 0), (0, n_box * b - n_chan))
+        vals, search = np.pad(vals, pad), np.pad(search, pad)
+    sums = vals.reshape(n_rows, n_box, b).sum(axis=2)
+    counts = search.reshape(n_rows, n_box, b).sum(axis=2)
     with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(counts > 0, vals.sum(axis=1) / np.sqrt(counts) / sigma, 0.0)
-    return np.repeat(snr, b)[:n_chan]
+        snr = np.where(counts > 0, sums / np.sqrt(counts) / sigma[:, None], 0.0)
+    return np.repeat(snr, b, axis=1)[:, :n_chan]
 
 
-def _runs_at_least(candidate: np.ndarray, minwidth: int) -> np.ndarray:
-    out = np.zeros_like(candidate)
-    padded = np.concatenate([[False], candidate, [False]]).astype(np.int8)
-    starts = np.flatnonzero(np.diff(padded) == 1)
-    ends = np.flatnonzero(np.diff(padded) == -1)
-    for s, e in zip(starts, ends, strict=True):
-        if e - s >= minwidth:
-            out[s:e] = True
-    return out
+def _runs_at_least_rows(candidate: np.ndarray, minwidth: int) -> np.ndarray:
+    """Keep only the runs of True at least `minwidth` long, per row."""
+    n_rows, n_chan = candidate.shape
+    edges = np.diff(np.pad(candidate, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    srow, start = np.nonzero(edges == 1)
+    _, end = np.nonzero(edges == -1)  # row-major order pairs each start with its end
+    long = end - start >= minwidth
+    marks = np.zeros((n_rows, n_chan + 1), dtype=np.int64)
+    np.add.at(marks, (srow[long], start[long]), 1)
+    np.add.at(marks, (srow[long], end[long]), -1)
+    return np.cumsum(marks, axis=1)[:, :n_chan] > 0
+
+
+def _find_lines_rows(
+    y0: np.ndarray, search: np.ndarray, *, thresh: float, avg_limit: int, minwidth: int
+) -> np.ndarray:
+    """Line channels of every row of `y0` (S, C; finite) searched over `search` (S, C)."""
+    n_rows, n_chan = y0.shape
+    vander = _cheb.chebvander(2.0 * _u(n_chan) - 1.0, _DETREND_MAX_ORDER)
+    binnings = [4**p for p in range(int(math.log(avg_limit, 4) + 1e-9) + 1)]
+    lines = np.zeros((n_rows, n_chan), dtype=bool)
+    active = np.ones(n_rows, dtype=bool)
+    for _ in range(_FINDER_MAX_ITER):
+        base = search & ~lines
+        n = base.sum(axis=1)
+        active &= n >= 3
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        resid = np.empty((rows.size, n_chan))
+        degree = np.minimum(_DETREND_MAX_ORDER, n[rows] // 8)
+        for deg in np.unique(degree):  # the detrending order follows the channel count
+            pick = np.flatnonzero(degree == deg)
+            design = np.ascontiguousarray(vander[:, : deg + 1])
+            sub = rows[pick]
+            coef = _lstsq_rows(design, y0[sub], base[sub].astype(np.float64))
+            resid[pick] = y0[sub] - coef @ design.T
+        sigma = _mad80_rows(resid, base[rows])
+        good = sigma > 0
+        active[rows[~good]] = False
+        rows, resid, sigma = rows[good], resid[good], sigma[good]
+        found = np.zeros((rows.size, n_chan), dtype=bool)
+        for b in binnings:
+            detect = np.abs(_detect_rows(resid, search[rows], sigma, b)) > thresh
+            found |= _runs_at_least_rows(search[rows] & detect, minwidth)
+        changed = (found != lines[rows]).any(axis=1)
+        lines[rows[changed]] = found[changed]
+        active[rows[~changed]] = False
+    return lines
 
 
 def _check_finder_params(thresh: float, avg_limit: int, minwidth: int, edge: Any, n_chan: int):
@@ -450,6 +645,8 @@ def find_lines(
 ) -> np.ndarray:
     """Find spectral-line channels (CASA ``maskmode='auto'``); see the module docstring.
 
+    The step searches many spectra at once with the same kernel; this is its one-spectrum form.
+
     Parameters
     ----------
     spectrum : np.ndarray
@@ -473,31 +670,12 @@ def find_lines(
     y = np.asarray(spectrum, dtype=np.float64)
     n_chan = y.size
     _check_finder_params(thresh, avg_limit, minwidth, edge, n_chan)
-    search = np.asarray(mask, dtype=bool) & np.isfinite(y) & _edge_mask(n_chan, edge)
-    y0 = np.where(np.isfinite(y), y, 0.0)
-    v = 2.0 * _u(n_chan) - 1.0
-    binnings = [4**p for p in range(int(math.log(avg_limit, 4) + 1e-9) + 1)]
-
-    lines = np.zeros(n_chan, dtype=bool)
-    for _ in range(_FINDER_MAX_ITER):
-        base = search & ~lines
-        n = int(base.sum())
-        if n < 3:
-            break
-        deg = min(_DETREND_MAX_ORDER, n // 8)
-        coef = _cheb.chebfit(v[base], y0[base], deg)
-        resid = y0 - _cheb.chebval(v, coef)
-        sigma = mad80(resid[base])
-        if not sigma > 0:
-            break
-        found = np.zeros(n_chan, dtype=bool)
-        for b in binnings:
-            candidate = search & (np.abs(_detect(resid, search, sigma, b)) > thresh)
-            found |= _runs_at_least(candidate, minwidth)
-        if np.array_equal(found, lines):
-            break
-        lines = found
-    return lines
+    finite = np.isfinite(y)
+    search = np.asarray(mask, dtype=bool) & finite & _edge_mask(n_chan, edge)
+    return _find_lines_rows(
+        np.where(finite, y, 0.0)[None], search[None],
+        thresh=thresh, avg_limit=avg_limit, minwidth=minwidth,
+    )[0]  # fmt: skip
 
 
 # ---- the lazy step ----
@@ -547,6 +725,11 @@ def coefficient_labels(
     return labels
 
 
+# Spectra fitted together: bounds the kernels' float64 temporaries (about 20 arrays of
+# rows x channels) whatever the chunk size.
+_ROWS_PER_BATCH = 256
+
+
 def _fit_block(
     data: np.ndarray,
     flag: np.ndarray,
@@ -560,30 +743,52 @@ def _fit_block(
     n_coef: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fit every spectrum of a block (frequency last); returns model, mask, coef, rms, nclip."""
-    lead = data.shape[:-1]
-    model = np.full(data.shape, np.nan)
-    used = np.zeros(data.shape, dtype=bool)
-    coef = np.full((*lead, n_coef), np.nan)
-    rms = np.full(lead, np.nan)
-    nclip = np.zeros(lead, dtype=np.int32)
-    sinusoid = fit_kwargs["blfunc"] == schema.BL_SINUSOID
-    for idx in np.ndindex(*lead):
-        y = np.asarray(data[idx], dtype=np.float64)
-        usable = ~np.asarray(flag[idx], dtype=bool) & np.isfinite(y)
-        fit_mask = usable & base_mask
+    lead, n_chan = data.shape[:-1], data.shape[-1]
+    y = np.asarray(data, dtype=np.float64).reshape(-1, n_chan)
+    finite = np.isfinite(y)
+    y0 = np.where(finite, y, 0.0)
+    usable = ~np.asarray(flag, dtype=bool).reshape(-1, n_chan) & finite & base_mask
+    n_rows = y.shape[0]
+    model = np.full((n_rows, n_chan), np.nan)
+    used = np.zeros((n_rows, n_chan), dtype=bool)
+    coef = np.full((n_rows, n_coef), np.nan)
+    rms = np.full(n_rows, np.nan)
+    nclip = np.zeros(n_rows, dtype=np.int32)
+    kwargs = {k: fit_kwargs[k] for k in ("blfunc", "order", "npiece", "clipthresh", "clipniter")}
+    for first in range(0, n_rows, _ROWS_PER_BATCH):
+        rows = np.arange(first, min(first + _ROWS_PER_BATCH, n_rows))
+        mask = usable[rows]
         if auto:
-            fit_mask &= ~find_lines(y, usable & base_mask, edge=edge, **finder)
-        fit = fit_spectrum(y, fit_mask, **fit_kwargs)
-        model[idx] = fit.model
-        used[idx] = fit.mask_used
-        rms[idx] = fit.rms
-        nclip[idx] = fit.nclipped
-        if sinusoid:
-            where = [slots[k] + j for k in fit.wave_numbers for j in range(1 if k == 0 else 2)]
-            coef[idx][where] = fit.coefficients
+            search = mask & _edge_mask(n_chan, edge)
+            mask = mask & ~_find_lines_rows(y0[rows], search, **finder)
+        if fit_kwargs["blfunc"] == schema.BL_SINUSOID:
+            waves = _sinusoid_waves(
+                y0[rows], mask, fit_kwargs["addwn"], fit_kwargs["rejwn"],
+                fit_kwargs["applyfft"], fit_kwargs["fftthresh"],
+            )  # fmt: skip
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, w in enumerate(waves):
+                groups.setdefault(w, []).append(i)
         else:
-            coef[idx][: fit.coefficients.size] = fit.coefficients
-    return model, used, coef, rms, nclip
+            groups = {(): list(range(rows.size))}
+        for w, members in groups.items():
+            pick = np.asarray(members)
+            fits = _fit_rows(y0[rows[pick]], mask[pick], waves=w, **kwargs)
+            target = rows[pick]
+            model[target], used[target] = fits.model, fits.mask_used
+            rms[target], nclip[target] = fits.rms, fits.nclipped
+            if fit_kwargs["blfunc"] == schema.BL_SINUSOID:
+                where = [slots[k] + j for k in w for j in range(1 if k == 0 else 2)]
+                coef[np.ix_(target, where)] = fits.coefficients
+            else:
+                coef[target, : fits.coefficients.shape[1]] = fits.coefficients
+    return (
+        model.reshape(data.shape),
+        used.reshape(data.shape),
+        coef.reshape(*lead, n_coef),
+        rms.reshape(lead),
+        nclip.reshape(lead),
+    )
 
 
 @register_step("baseline")
