@@ -308,3 +308,158 @@ BL_SINUSOID = "sinusoid"
 BL_FUNCTIONS = (BL_POLY, BL_CHEBYSHEV, BL_CSPLINE, BL_SINUSOID)
 BL_MASKMODE_LIST = "list"
 BL_MASKMODE_AUTO = "auto"
+
+
+# ---- CASA caltables (converters/caltable.py) ----
+# Solution datasets <-> CASA NewCalTable caltables (the layout CASA 6 gaincal/bandpass/gencal
+# write). Main-table columns, one row per (spw, solution time, antenna):
+CT_TIME = "TIME"  # MJD seconds (UTC), QuantumUnits s, MEASINFO epoch UTC
+CT_FIELD_ID = "FIELD_ID"  # -1: no field
+CT_SPECTRAL_WINDOW_ID = "SPECTRAL_WINDOW_ID"
+CT_ANTENNA1 = "ANTENNA1"
+CT_ANTENNA2 = "ANTENNA2"  # the reference antenna, -1: none
+CT_INTERVAL = "INTERVAL"  # s (CASA's solvers write 0)
+CT_SCAN_NUMBER = "SCAN_NUMBER"  # -1: none
+CT_OBSERVATION_ID = "OBSERVATION_ID"
+CT_CPARAM = "CPARAM"  # complex parameters, cells [npar, nchan] (numpy (nchan, npar))
+CT_FPARAM = "FPARAM"  # float parameters (Tsys, delays)
+CT_PARAMERR = "PARAMERR"
+CT_FLAG = "FLAG"
+CT_SNR = "SNR"
+CT_WEIGHT = "WEIGHT"  # CASA leaves its cells undefined
+CT_MAIN_COLUMNS = (
+    CT_TIME, CT_FIELD_ID, CT_SPECTRAL_WINDOW_ID, CT_ANTENNA1, CT_ANTENNA2, CT_INTERVAL,
+    CT_SCAN_NUMBER, CT_OBSERVATION_ID,
+)  # fmt: skip
+# main-table keywords and their values
+CT_KW_PAR_TYPE = "ParType"
+CT_KW_MS_NAME = "MSName"  # the basename of the source MS
+CT_KW_VIS_CAL = "VisCal"
+CT_KW_POL_BASIS = "PolBasis"
+CT_KW_CASA_VERSION = "CASA_Version"  # radflow writes "radflow <version>" here
+CT_PAR_TYPE_COMPLEX = "Complex"
+CT_PAR_TYPE_FLOAT = "Float"
+CT_POL_BASIS = {"linear": "LINEAR", "circular": "CIRCULAR"}  # ATTR_POL_BASIS -> PolBasis
+CT_POL_BASIS_UNKNOWN = "unknown"
+CT_TABLE_INFO_TYPE = "Calibration"  # table.info type; its subType is the VisCal
+CT_SUBTABLES = ("OBSERVATION", "ANTENNA", "FIELD", "SPECTRAL_WINDOW", "HISTORY")
+CT_DM_GROUP = "MSMTAB"  # the one StandardStMan group CASA stores every column in
+CAL_TYPE_K = "K"  # antenna delays (ns), CASA gaincal gaintype='K'
+UNITS_NANOSECOND = "ns"
+# cal_type -> VisCal. BPOLY solutions sampled on the spw's channels export as 'B Jones'.
+CT_VIS_CAL = {
+    CAL_TYPE_G: "G Jones",
+    CAL_TYPE_T: "T Jones",
+    CAL_TYPE_B: "B Jones",
+    CAL_TYPE_BPOLY: "B Jones",
+    CAL_TYPE_TSYS: "B TSYS",
+    CAL_TYPE_K: "K Jones",
+}
+
+
+# ---- fluxscale (radflow.cal.fluxscale, radflow.cal.gfluxscale) ----
+# The result view of radflow.cal.fluxscale.fluxscale: dims (field_name, spectral_window_id, ...)
+# reusing FIELD_NAME, ANTENNA_NAME, RECEPTOR; FREQUENCY (Hz) and SPECTRAL_WINDOW_NAME are
+# coordinates along SPECTRAL_WINDOW_ID there.
+TYPE_FLUXSCALE_RESULT = "extension:fluxscale_result.radflow"
+SPECTRAL_WINDOW_ID = "spectral_window_id"  # dim: spw ids (the MS DATA_DESC spw ids)
+FIELD_ID = "field_id"  # coordinate along field_name: the MS FIELD id (CASA's dict keys)
+FS_ROLE = "fluxscale_role"  # coordinate along field_name: one of the FS_ROLE_* values
+FS_ROLE_REFERENCE = "reference"
+FS_ROLE_TRANSFER = "transfer"
+FS_ROLE_OTHER = "other"
+FIT_COEFFICIENT = "fit_coefficient"  # dim: a0, a1, a2 of log10 S = sum a_k x^k
+FIT_COEFFICIENT_2 = "fit_coefficient_2"  # second dim of the fit covariance
+FS_FLUX_DENSITY = "FLUX_DENSITY"  # (field, spw) Jy: fd = ratio^2
+FS_FLUX_DENSITY_ERROR = "FLUX_DENSITY_ERROR"  # (field, spw) Jy
+FS_N_SOLUTIONS = "N_SOLUTIONS"  # (field, spw): antenna/receptor ratios behind fd (CASA numSol)
+FS_GAIN_RATIO = "GAIN_RATIO"  # (field, spw): median of the per-antenna ratios, sqrt(fd)
+FS_MEAN_GAIN_AMPLITUDE = "MEAN_GAIN_AMPLITUDE"  # (field, spw, antenna, receptor): mean |g|
+FS_N_GAINS = "N_GAINS"  # (field, spw, antenna, receptor): gains averaged into it
+FS_ANTENNA_GAIN_RATIO = "ANTENNA_GAIN_RATIO"  # (field, spw, antenna, receptor): mg / mg_ref
+FS_FIT_FLUX_DENSITY = "FIT_FLUX_DENSITY"  # (field,) Jy at FIT_REFERENCE_FREQUENCY
+FS_FIT_FLUX_DENSITY_ERROR = "FIT_FLUX_DENSITY_ERROR"  # (field,) Jy
+FS_FIT_REFERENCE_FREQUENCY = "FIT_REFERENCE_FREQUENCY"  # (field,) Hz: 10^mean(log10 nu)
+FS_FIT_COEFFICIENTS = "FIT_COEFFICIENTS"  # (field, fit_coefficient): CASA spidx
+FS_FIT_COEFFICIENT_ERRORS = "FIT_COEFFICIENT_ERRORS"  # (field, fit_coefficient): spidxerr
+FS_FIT_COVARIANCE = "FIT_COVARIANCE"  # (field, fit_coefficient, fit_coefficient_2): covarMat
+FS_FIT_ORDER = "FIT_ORDER"  # (field,): order of the fit done, -1 when none (0 or 1 spw)
+FS_ATTR_REFERENCE_FIELDS = "reference_fields"
+FS_ATTR_TRANSFER_FIELDS = "transfer_fields"
+FS_ATTR_REFSPWMAP = "refspwmap"  # {spw: reference spw}
+FS_ATTR_GAINTHRESHOLD = "gainthreshold"
+FS_ATTR_ANTENNA = "antenna"  # antennas used to derive the scale ([] = all)
+FS_ATTR_FITORDER = "fitorder"
+FS_ATTR_CASA_MEDIAN = "casa_median"
+FS_ATTR_CASA_ERRORS = "casa_errors"
+FS_ATTR_ERROR_MODEL = "error_model"  # words: how FLUX_DENSITY_ERROR was computed
+# Keys of CASA's fluxscale result dict (casatasks.fluxscale's return value; setjy's fluxdict).
+CASA_FS_FLUXD = "fluxd"
+CASA_FS_FLUXD_ERR = "fluxdErr"
+CASA_FS_NUM_SOL = "numSol"
+CASA_FS_FIELD_NAME = "fieldName"
+CASA_FS_FIT_FLUXD = "fitFluxd"
+CASA_FS_FIT_FLUXD_ERR = "fitFluxdErr"
+CASA_FS_FIT_REF_FREQ = "fitRefFreq"
+CASA_FS_SPIDX = "spidx"
+CASA_FS_SPIDX_ERR = "spidxerr"
+CASA_FS_COVAR_MAT = "covarMat"
+CASA_FS_FREQ = "freq"
+CASA_FS_SPW_ID = "spwID"
+CASA_FS_SPW_NAME = "spwName"
+# ALMA pipeline intents (hifa_gfluxscale refintent/transintent) and the STATE OBS_MODE values
+# they stand for (the pipeline's StateALMA.obs_mode_mapping, '#' forms).
+PL_INTENT_AMPLITUDE = "AMPLITUDE"
+PL_INTENT_PHASE = "PHASE"
+PL_INTENT_BANDPASS = "BANDPASS"
+PL_INTENT_CHECK = "CHECK"
+PL_INTENT_DIFFGAINREF = "DIFFGAINREF"
+PL_INTENT_DIFFGAINSRC = "DIFFGAINSRC"
+PL_INTENT_POLARIZATION = "POLARIZATION"
+PL_INTENT_POLANGLE = "POLANGLE"
+PL_INTENT_POLLEAKAGE = "POLLEAKAGE"
+PL_INTENT_TARGET = "TARGET"
+PL_REFINTENT_DEFAULT = PL_INTENT_AMPLITUDE
+PL_TRANSINTENT_DEFAULT = (
+    "PHASE,BANDPASS,CHECK,DIFFGAINREF,DIFFGAINSRC,POLARIZATION,POLANGLE,POLLEAKAGE"
+)
+PL_INTENT_BY_OBS_MODE = {
+    "CALIBRATE_AMPLI#ON_SOURCE": PL_INTENT_AMPLITUDE,
+    "CALIBRATE_FLUX#ON_SOURCE": PL_INTENT_AMPLITUDE,
+    "CALIBRATE_PHASE#ON_SOURCE": PL_INTENT_PHASE,
+    "CALIBRATE_BANDPASS#ON_SOURCE": PL_INTENT_BANDPASS,
+    "CALIBRATE_DELAY#ON_SOURCE": PL_INTENT_CHECK,
+    "OBSERVE_CHECK_SOURCE#ON_SOURCE": PL_INTENT_CHECK,
+    "CALIBRATE_DIFFGAIN#REFERENCE": PL_INTENT_DIFFGAINREF,
+    "CALIBRATE_DIFFGAIN#ON_SOURCE": PL_INTENT_DIFFGAINSRC,
+    "CALIBRATE_POLARIZATION#ON_SOURCE": PL_INTENT_POLARIZATION,
+    "CALIBRATE_POL_ANGLE#ON_SOURCE": PL_INTENT_POLANGLE,
+    "CALIBRATE_POL_LEAKAGE#ON_SOURCE": PL_INTENT_POLLEAKAGE,
+    "CALIBRATE_TARGET#ON_SOURCE": PL_INTENT_TARGET,
+    "OBSERVE_TARGET#ON_SOURCE": PL_INTENT_TARGET,
+}
+
+
+# ---- setjy (radflow.cal.setjy) ----
+# The flux-density standards / modes of the setjy step (CASA setjy's `standard` values).
+STANDARD_PERLEY_BUTLER_2017 = "Perley-Butler 2017"
+STANDARD_MANUAL = "manual"
+STANDARD_FLUXSCALE = "fluxscale"
+# attrs[ATTR_SETJY] of the model variable: a list, one dict per field, of what setjy used. Keys:
+# SETJY_* below plus FIELD_NAME, FIELD_ID (None when unknown), ATTR_SPW_ID and CASA_FS_FLUXD
+# ([I, Q, U, V] Jy at SETJY_FREQUENCY).
+ATTR_SETJY = "setjy"
+SETJY_STANDARD = "standard"
+SETJY_SOURCE = "source"  # the standard's name of the calibrator ("" for manual/fluxscale)
+SETJY_FREQUENCY = "frequency"  # Hz at which CASA_FS_FLUXD is given
+SETJY_SCALEBYCHAN = "scalebychan"
+SETJY_REFERENCE_FREQUENCY = "reference_frequency"  # Hz (manual/fluxscale/flux.csv models)
+SETJY_SPIX = "spix"
+SETJY_EPOCH_MJD = "epoch_mjd"  # observation epoch used for time-variable sources (MJD, days)
+SETJY_INTERPOLATION = "interpolation"
+SETJY_ORIGIN = "origin"  # where a manual model came from, e.g. "flux.csv:12"
+# partition_info key: the MS FIELD ids of PI_FIELD's names (read by setjy when present).
+PI_FIELD_ID = "field_id"
+# CASA's setjy return value: {field id: {spw id: {CASA_FS_FLUXD: [I,Q,U,V]}, CASA_FS_FIELD_NAME:
+# name}, CASA_SETJY_FORMAT: text} (the fluxscale dict's key names, above).
+CASA_SETJY_FORMAT = "format"

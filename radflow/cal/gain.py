@@ -1,0 +1,614 @@
+"""gaincal: antenna-based complex gains from interferometer visibilities (CASA ``gaincal``).
+
+Model: ``V_ij(pq) = g_ip conj(g_jq) M_ij(pq)`` for the parallel hands (p == q). One gain per
+antenna and receptor (``gaintype='G'``) or one shared by both receptors (``'T'``).
+
+Data preparation (per solution interval, lazily, chunk by chunk)
+----------------------------------------------------------------
+Prior tables (``gaintable``) are applied on the fly (:mod:`radflow.cal.apply`). Each sample is
+divided by the model, ``V/M`` with weight ``w |M|^2``; summed with those weights over the
+channels and the interval's integrations this is ``Vbar = sum(w V conj(M)) / sum(w |M|^2)``, with
+weight ``W = sum(w |M|^2)``. Without a model data group the model is a 1 Jy point source
+(``M = 1``), as in CASA without MODEL_DATA. ``calmode='p'`` solves ``Vbar/|Vbar|``, ``'a'``
+solves ``|Vbar|``.
+
+Solution intervals: ``solint`` ``'inf'`` (the whole scan), ``'int'`` (each integration), or a
+duration (``'30s'``, ``'2min'``, ``'1h'``, or seconds as a number); bins are
+``floor((t - t0) / solint)`` from the first integration ``t0`` of each scan, broken at scan and
+field boundaries unless ``combine`` holds ``'scan'`` / ``'field'``. With ``'spw'`` in combine the
+spws are solved together and the solution is stored under every combined spw. The solution time
+is the mean time of the interval's integrations (CASA uses the weighted mean of the time
+centroids, which needs the data: radflow keeps solution times known before computing, so that
+applying a table never waits for it).
+
+Solver (per interval and receptor, all intervals at once)
+---------------------------------------------------------
+Minimise ``chi2 = sum_(i<j) W_ij |Vbar_ij - g_i conj(g_j)|^2`` by alternating least squares
+(StefCal: ``g_i <- sum_j W_ij Vbar_ij g_j / sum_j W_ij |g_j|^2``, every other step averaged with
+the previous one), which converges to the same minimum as CASA's Gauss-Newton. Antennas with
+fewer than ``minblperant`` baselines of data are dropped, repeatedly, and flagged. Errors:
+``sigma_i = sqrt(2 chi2 / nu / H_i)`` with ``H_i = sum_j W_ij |g_j|^2`` and
+``nu = max(2 (n_vis - n_ant), 1)``; ``SNR = |g| / sigma``; a solution is flagged unless
+``SNR > minsnr``.
+
+Reference antenna: per spw in time order, the first antenna of ``refant`` with an unflagged
+solution (then the one used last, then the others by distance from the first refant); every
+solution is multiplied by ``conj(g_ref)/|g_ref|`` per receptor. When the refant changes, the new
+one keeps the phase it had in the previous interval (CASA's ``refantmode='flex'``);
+``refantmode='strict'`` flags intervals where the first refant has no solution. Then
+``calmode`` 'p' sets ``|g| = 1``, 'a' keeps ``|g|``; ``solnorm`` divides by the root mean square
+amplitude over the antennas of each interval and receptor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from radflow import schema
+from radflow.cal import apply as applycal
+from radflow.step import coord_values, get_data_group
+
+SolutionTable = dict[int, xr.Dataset]
+_SOLUTION = "_solution"  # private dim: solution intervals before they become `time`
+_MAX_ITER = 200
+_TOLERANCE = 1e-10
+
+
+class GaincalError(ValueError):
+    """Bad gaincal input: no data selected, unknown refant, invalid solint/combine/calmode."""
+
+
+# ---- parameters ----
+
+
+def parse_solint(solint: str | float | int) -> float:
+    """Seconds of a solution interval: ``inf`` -> inf, ``int`` -> 0 (each integration)."""
+    if isinstance(solint, int | float) and not isinstance(solint, bool):
+        if solint <= 0:
+            raise GaincalError(f"solint must be > 0 seconds, got {solint!r}")
+        return float(solint)
+    text = str(solint).strip().lower()
+    if text == "inf":
+        return float("inf")
+    if text == "int":
+        return 0.0
+    m = re.fullmatch(r"([0-9.]+(?:e[+-]?\d+)?)\s*(s|sec|min|m|h)?", text)
+    if not m:
+        raise GaincalError(f"solint {solint!r}: expected 'inf', 'int' or a duration like '30s'")
+    value = float(m[1]) * {None: 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}[m[2]]
+    if value <= 0:
+        raise GaincalError(f"solint {solint!r} must be > 0")
+    return value
+
+
+def parse_combine(combine: str | Sequence[str]) -> frozenset[str]:
+    items = combine.split(",") if isinstance(combine, str) else list(combine)
+    out = frozenset(i.strip().lower() for i in items if i.strip())
+    bad = out - {"scan", "field", "spw"}
+    if bad:
+        raise GaincalError(f"combine: unknown axis {sorted(bad)} (use 'scan', 'field', 'spw')")
+    return out
+
+
+def parse_refant(refant: str | Sequence[str]) -> list[str]:
+    items = refant.split(",") if isinstance(refant, str) else list(refant)
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+# ---- solution intervals ----
+
+
+@dataclass
+class _Interval:
+    """One solution interval: the integrations of each partition it covers."""
+
+    spws: list[int]
+    field: str
+    scan: int
+    time: float = 0.0
+    span: float = 0.0
+    pieces: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (partition, indices)
+
+
+def _intervals(
+    parts: Mapping[str, xr.Dataset], solint: float, combine: frozenset[str]
+) -> list[_Interval]:
+    """Solution intervals over the selected partitions, in time order."""
+    groups: dict[tuple, list[tuple[str, np.ndarray, int, str]]] = {}
+    for name, ds in parts.items():
+        info = ds.attrs[schema.ATTR_PARTITION_INFO]
+        spw = int(info[schema.PI_SPW_ID])
+        scan = int(info[schema.PI_SCAN])
+        fields = coord_values(ds, schema.FIELD_NAME).astype(str)
+        for fname in np.unique(fields):
+            key = (
+                None if "spw" in combine else spw,
+                None if "field" in combine else fname,
+                None if "scan" in combine else scan,
+            )
+            groups.setdefault(key, []).append((name, np.flatnonzero(fields == fname), spw, fname))
+    out: list[_Interval] = []
+    for pieces in groups.values():
+        times = {name: coord_values(parts[name], schema.TIME).astype(float) for name, *_ in pieces}
+        t0 = min(times[name][idx[0]] for name, idx, *_ in pieces)
+        bins: dict[float, _Interval] = {}
+        for name, idx, spw, fname in pieces:
+            t = times[name][idx]
+            if solint == 0.0:
+                number = t  # each integration
+            elif np.isinf(solint):
+                number = np.zeros(idx.size)
+            else:
+                number = np.floor((t - t0) / solint)
+            scan = int(parts[name].attrs[schema.ATTR_PARTITION_INFO][schema.PI_SCAN])
+            for b in np.unique(number):
+                iv = bins.setdefault(float(b), _Interval([], str(fname), scan))
+                iv.pieces.append((name, idx[number == b]))
+                iv.scan = min(iv.scan, scan)
+                if spw not in iv.spws:
+                    iv.spws.append(spw)
+        for iv in bins.values():
+            stamps = np.unique(np.concatenate([times[n][i] for n, i in iv.pieces]))
+            iv.time = float(stamps.mean())
+            iv.span = float(stamps[-1] - stamps[0])
+            out.append(iv)
+    return sorted(out, key=lambda iv: (iv.time, iv.field))
+
+
+# ---- lazy data preparation ----
+
+
+def _parallel_hands(ds: xr.Dataset) -> list[str]:
+    return [str(p) for p in coord_values(ds, schema.POLARIZATION) if str(p)[0] == str(p)[-1]]
+
+
+def _prepared(
+    ds: xr.Dataset,
+    group: str,
+    model_group: str | None,
+    prior: Sequence[applycal.SolutionTable],
+    prior_kwargs: dict,
+    per_channel: bool,
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Lazy ``sum w V conj(M)`` and ``sum w |M|^2`` over channels (unless `per_channel`), per
+    (time, baseline_id, [frequency,] polarization), parallel hands only."""
+    src = get_data_group(ds, group)
+    data, weight, flag = src.data, src.weight, src.flag
+    for k, table in enumerate(prior):
+        corr = applycal.correction(
+            ds, table, **{key: value[k] for key, value in prior_kwargs.items()}
+        )
+        if corr is None:
+            raise GaincalError(
+                f"gaincal: prior table {k} has no solutions for partition of spw "
+                f"{ds.attrs[schema.ATTR_PARTITION_INFO][schema.PI_SPW_ID]}"
+            )
+        data = data * corr.factor
+        weight = weight * corr.weight_factor
+        flag = flag | corr.flag
+    pols = _parallel_hands(ds)
+    sel = {schema.POLARIZATION: pols}
+    w = xr.where(flag.sel(sel), 0.0, weight.sel(sel).astype(np.float64))
+    vis = data.sel(sel).astype(np.complex128)
+    if model_group is not None:
+        model = get_data_group(ds, model_group).data.sel(sel).astype(np.complex128)
+        num = w * vis * np.conj(model)
+        den = w * np.abs(model) ** 2
+    else:
+        num, den = w * vis, w
+    num = xr.where(np.isfinite(num) & (den > 0), num, 0.0)
+    den = xr.where(np.isfinite(num), den, 0.0)
+    if not per_channel:
+        num, den = num.sum(schema.FREQUENCY), den.sum(schema.FREQUENCY)
+    return num, den
+
+
+def _interval_sum(arrays: list[tuple[xr.DataArray, np.ndarray]]) -> xr.DataArray:
+    """Sum over the selected integrations of each piece, and over the pieces (lazy)."""
+    total = None
+    for arr, idx in arrays:
+        part = arr.isel({schema.TIME: idx}).sum(schema.TIME)
+        total = part if total is None else total + part
+    return total
+
+
+# ---- the solver (numpy, all intervals at once) ----
+
+
+def _stefcal(vis: np.ndarray, wgt: np.ndarray) -> np.ndarray:
+    """Gains (S, A) minimising sum_(i,j) W |V_ij - g_i conj(g_j)|^2 for Hermitian (S, A, A)."""
+    n_sol, n_ant, _ = vis.shape
+    gains = np.ones((n_sol, n_ant), dtype=complex)
+    wv = wgt * vis
+    for iteration in range(_MAX_ITER):
+        denom = np.einsum("saj,sj->sa", wgt, np.abs(gains) ** 2)
+        new = np.einsum("saj,sj->sa", wv, gains) / np.where(denom > 0, denom, 1.0)
+        new = np.where(denom > 0, new, 0.0)
+        if iteration % 2 == 1:
+            new = 0.5 * (new + gains)
+        change = np.abs(new - gains).max(initial=0.0)
+        gains = new
+        if change < _TOLERANCE * max(np.abs(gains).max(initial=1.0), 1e-30):
+            break
+    return gains
+
+
+def _drop_sparse_antennas(wgt: np.ndarray, minblperant: int) -> np.ndarray:
+    """Zero the weights of antennas with fewer than `minblperant` baselines, repeatedly."""
+    wgt = wgt.copy()
+    while True:
+        count = (wgt > 0).sum(axis=2)  # (S, A)
+        sparse = (count < minblperant) & (count > 0)
+        if not sparse.any():
+            return wgt
+        wgt[sparse] = 0.0
+        wgt.transpose(0, 2, 1)[sparse] = 0.0
+
+
+def _solve_block(
+    num: np.ndarray,
+    den: np.ndarray,
+    *,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    n_ant: int,
+    gaintype: str,
+    calmode: str,
+    minblperant: int,
+    minsnr: float,
+    refants: list[int],
+    strict: bool,
+    solnorm: bool,
+) -> tuple[np.ndarray, ...]:
+    """num, den: (S, baseline, pol) -> gains, error, snr, flag (S, A, R), nvis, refant (S,)."""
+    n_sol = num.shape[0]
+    if gaintype == schema.CAL_TYPE_T:  # one gain for both hands: their data add up
+        num, den = num.sum(axis=2, keepdims=True), den.sum(axis=2, keepdims=True)
+    n_rec = num.shape[2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vbar = np.where(den > 0, num / den, 0.0)
+    if calmode == "p":
+        vbar = np.where(np.abs(vbar) > 0, vbar / np.abs(vbar), 0.0)
+    elif calmode == "a":
+        vbar = np.abs(vbar).astype(complex)
+    cross = ant1 != ant2
+    gains = np.zeros((n_sol, n_ant, n_rec), dtype=complex)
+    error = np.full((n_sol, n_ant, n_rec), np.inf)
+    nvis = np.zeros((n_sol, n_ant, n_rec), dtype=np.int64)
+    for r in range(n_rec):
+        vis_m = np.zeros((n_sol, n_ant, n_ant), dtype=complex)
+        wgt_m = np.zeros((n_sol, n_ant, n_ant))
+        a1, a2 = ant1[cross], ant2[cross]
+        vis_m[:, a1, a2] = vbar[:, cross, r]
+        vis_m[:, a2, a1] = np.conj(vbar[:, cross, r])
+        wgt_m[:, a1, a2] = den[:, cross, r]
+        wgt_m[:, a2, a1] = den[:, cross, r]
+        wgt_m = _drop_sparse_antennas(wgt_m, minblperant)
+        g = _stefcal(vis_m, wgt_m)
+        resid = wgt_m * np.abs(vis_m - g[:, :, None] * np.conj(g[:, None, :])) ** 2
+        chi2 = 0.5 * resid.sum(axis=(1, 2))  # each baseline appears twice in the matrix
+        used = wgt_m > 0
+        n_vis = 0.5 * used.sum(axis=(1, 2))
+        n_par = used.any(axis=2).sum(axis=1)
+        nu = np.maximum(2.0 * (n_vis - n_par), 1.0)
+        curvature = np.einsum("saj,sj->sa", wgt_m, np.abs(g) ** 2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            error[:, :, r] = np.sqrt(2.0 * chi2[:, None] / nu[:, None] / curvature)
+        gains[:, :, r] = g
+        nvis[:, :, r] = used.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(np.isfinite(error) & (error > 0), np.abs(gains) / error, 0.0)
+    snr = np.where(error == 0, np.inf, snr)
+    flag = (nvis == 0) | ~(snr > minsnr)
+
+    refant = np.full(n_sol, -1, dtype=np.int64)
+    order = list(refants)
+    previous: np.ndarray | None = None
+    last = -1
+    for s in range(n_sol):
+        good = ~flag[s].any(axis=1)
+        candidates = order[:1] + ([last] if last >= 0 else []) + order[1:]
+        choice = next((a for a in candidates if good[a]), -1)
+        if strict and (not order or choice != order[0]):
+            flag[s] = True
+            continue
+        if choice < 0:
+            continue
+        phasor = gains[s, choice] / np.abs(gains[s, choice])
+        gains[s] = gains[s] * np.conj(phasor)
+        if previous is not None and choice != last and last >= 0:
+            # the alternate refant keeps the phase it had in the previous interval
+            prev = previous[choice]
+            if np.all(np.abs(prev) > 0):
+                gains[s] = gains[s] * prev / np.abs(prev)
+        refant[s], last, previous = choice, choice, gains[s].copy()
+    if calmode == "p":
+        gains = np.where(np.abs(gains) > 0, gains / np.abs(gains), 0.0)
+    elif calmode == "a":
+        gains = np.abs(gains).astype(complex)
+    if solnorm:
+        good = ~flag
+        power = np.where(good, np.abs(gains) ** 2, 0.0).sum(axis=1) / np.maximum(
+            good.sum(axis=1), 1
+        )
+        gains = gains / np.sqrt(np.where(power > 0, power, 1.0))[:, None, :]
+    gains = np.where(flag, 1.0 + 0j, gains)  # flagged values are never used: keep them finite
+    error = np.where(np.isfinite(error), error, 0.0)
+    return gains, error, snr, flag, nvis, refant
+
+
+# ---- the public solver ----
+
+
+def _antenna_order(
+    names: list[str], refant: list[str], positions: xr.DataArray | None, where: str
+) -> list[int]:
+    unknown = [r for r in refant if r not in names]
+    if unknown:
+        raise GaincalError(f"{where}: refant {unknown} not among the antennas {names}")
+    order = [names.index(r) for r in refant]
+    rest = [k for k in range(len(names)) if k not in order]
+    if order and positions is not None:
+        pos = positions.sel({schema.ANTENNA_NAME: names}).values.astype(float)
+        dist = np.linalg.norm(pos - pos[order[0]], axis=1)
+        rest.sort(key=lambda k: dist[k])
+    return order + rest
+
+
+def solve(
+    partitions: Mapping[str, xr.Dataset],
+    *,
+    field: str | Sequence[str] = "",
+    intent: str = "",
+    spw: Sequence[int] | None = None,
+    gaintype: str = schema.CAL_TYPE_G,
+    calmode: str = "ap",
+    solint: str | float = "inf",
+    combine: str | Sequence[str] = "",
+    refant: str | Sequence[str] = "",
+    refantmode: str = "flex",
+    minblperant: int = 4,
+    minsnr: float = 3.0,
+    solnorm: bool = False,
+    gaintable: Sequence[applycal.SolutionTable] = (),
+    interp: str | Sequence[str] = "linear",
+    spwmap: Sequence[Mapping[int, int] | None] | None = None,
+    group: str = schema.GROUP_BASE,
+    model_group: str | None = schema.GROUP_MODEL,
+    antenna_positions: xr.DataArray | None = None,
+    ms_name: str = "",
+) -> SolutionTable:
+    """Solve antenna gains over the selected visibility partitions of one EB, lazily.
+
+    Parameters
+    ----------
+    partitions : mapping of name -> visibility partition Dataset
+        All partitions of the EB (selection below picks what is solved).
+    field, intent, spw
+        Selection: field names (comma separated or a list), a substring of the partition's scan
+        intents (e.g. ``"CALIBRATE_PHASE"``), spw ids. Empty: everything.
+    gaintype : {"G", "T"}
+    calmode : {"ap", "p", "a"}
+    solint, combine
+        See the module docstring.
+    refant : str or list
+        Antenna names in order of preference; empty: the antennas in store order.
+    refantmode : {"flex", "strict"}
+    minblperant : int
+        Antennas with fewer baselines of data are not solved (flagged).
+    minsnr : float
+        Solutions with ``SNR <= minsnr`` are flagged.
+    solnorm : bool
+        Normalise amplitudes (module docstring).
+    gaintable, interp, spwmap
+        Prior tables applied before solving, with their time interpolation and spw maps.
+    group : str
+        Data group solved (``base`` = DATA).
+    model_group : str or None
+        Data group holding the model visibilities (setjy's ``model``); a partition without it,
+        or None, uses a 1 Jy point source.
+    antenna_positions : DataArray (antenna_name, cartesian_pos_label), optional
+        ITRF positions (m) ranking the fallback refants by distance from the first.
+
+    Returns
+    -------
+    dict of spw id -> solution Dataset
+        Dask-backed ``CALIBRATION_PARAMETER`` (complex, dims time, antenna_name, frequency (1),
+        receptor), ``PARAMETER_ERROR``, ``SNR``, ``FLAG``, ``N_VISIBILITIES``,
+        ``REFERENCE_ANTENNA`` (time; index into antenna_name, -1 if none), ``SOLUTION_INTERVAL``;
+        coords field_name(time), scan_number(time). Times (unix s) are known without computing.
+
+    Raises
+    ------
+    GaincalError
+        Nothing selected, bad parameters, unknown refant, mismatched antennas between partitions.
+    """
+    where = "gaincal"
+    if gaintype not in schema.CAL_TYPES_GAIN:
+        raise GaincalError(f"{where}: gaintype must be 'G' or 'T', got {gaintype!r}")
+    if calmode not in ("ap", "p", "a"):
+        raise GaincalError(f"{where}: calmode must be 'ap', 'p' or 'a', got {calmode!r}")
+    if refantmode not in ("flex", "strict"):
+        raise GaincalError(f"{where}: refantmode must be 'flex' or 'strict', got {refantmode!r}")
+    interval_s = parse_solint(solint)
+    axes = parse_combine(combine)
+    fields = parse_refant(field)
+    selected = {}
+    for name, ds in partitions.items():
+        if ds.attrs.get(schema.ATTR_TYPE) != schema.TYPE_VISIBILITY:
+            continue
+        info = ds.attrs[schema.ATTR_PARTITION_INFO]
+        intents = ",".join(info.get(schema.PI_INTENTS) or [])
+        if spw is not None and int(info[schema.PI_SPW_ID]) not in set(spw):
+            continue
+        if intent and intent not in intents:
+            continue
+        if fields and not set(fields) & set(coord_values(ds, schema.FIELD_NAME).astype(str)):
+            continue
+        if fields:
+            keep = np.isin(coord_values(ds, schema.FIELD_NAME).astype(str), fields)
+            ds = ds.isel({schema.TIME: np.flatnonzero(keep)})
+        selected[name] = ds
+    if not selected:
+        raise GaincalError(
+            f"{where}: no visibility data selected (field={field!r}, intent={intent!r}, "
+            f"spw={spw!r})"
+        )
+    first = next(iter(selected.values()))
+    ant1 = coord_values(first, schema.BASELINE_ANTENNA1_NAME).astype(str)
+    ant2 = coord_values(first, schema.BASELINE_ANTENNA2_NAME).astype(str)
+    for name, ds in selected.items():
+        if not (
+            np.array_equal(coord_values(ds, schema.BASELINE_ANTENNA1_NAME).astype(str), ant1)
+            and np.array_equal(coord_values(ds, schema.BASELINE_ANTENNA2_NAME).astype(str), ant2)
+        ):
+            raise GaincalError(f"{where}: partition {name} has other baselines than the rest")
+    names = sorted(set(ant1) | set(ant2), key=list(np.concatenate([ant1, ant2])).index)
+    index = {n: k for k, n in enumerate(names)}
+    order = _antenna_order(names, parse_refant(refant), antenna_positions, where)
+
+    n = len(gaintable)
+    prior_kwargs = {
+        "interp_method": [interp] * n if isinstance(interp, str) else list(interp),
+        "spwmap": list(spwmap) if spwmap is not None else [None] * n,
+    }
+    groups_of = {n: ds.attrs.get(schema.ATTR_DATA_GROUPS, {}) for n, ds in selected.items()}
+    prepared = {
+        name: _prepared(
+            ds,
+            group,
+            model_group if model_group in groups_of[name] else None,
+            gaintable,
+            prior_kwargs,
+            per_channel=False,
+        )  # fmt: skip
+        for name, ds in selected.items()
+    }
+    receptors = sorted({p[0] for ds in selected.values() for p in _parallel_hands(ds)},
+                       key="XYRL".index)  # fmt: skip
+
+    intervals = _intervals(selected, interval_s, axes)
+    out: SolutionTable = {}
+    spw_ids = sorted({s for iv in intervals for s in iv.spws})
+    for spw_id in spw_ids:
+        mine = [iv for iv in intervals if spw_id in iv.spws]
+        nums, dens = [], []
+        for iv in mine:
+            num = _interval_sum([(prepared[n_][0], i) for n_, i in iv.pieces])
+            den = _interval_sum([(prepared[n_][1], i) for n_, i in iv.pieces])
+            nums.append(num.data)
+            dens.append(den.data)
+        num_arr = da.stack(nums).rechunk(-1)
+        den_arr = da.stack(dens).rechunk(-1)
+        kwargs = dict(
+            ant1=np.array([index[a] for a in ant1]),
+            ant2=np.array([index[a] for a in ant2]),
+            n_ant=len(names),
+            gaintype=gaintype,
+            calmode=calmode,
+            minblperant=int(minblperant),
+            minsnr=float(minsnr),
+            refants=order,
+            strict=refantmode == "strict",
+            solnorm=bool(solnorm),
+        )
+        n_rec = 1 if gaintype == schema.CAL_TYPE_T else len(receptors)
+        results = dask.delayed(_solve_block, nout=6, pure=True)(num_arr, den_arr, **kwargs)
+        shape = (len(mine), len(names), n_rec)
+        solved = [
+            da.from_delayed(r, shape if k < 5 else shape[:1], dtype=dtype)
+            for k, (r, dtype) in enumerate(
+                zip(results, (complex, float, float, bool, np.int64, np.int64), strict=True)
+            )
+        ]
+        out[spw_id] = _solution_dataset(
+            solved, mine, names, receptors, gaintype, calmode, first, selected, spw_id,
+            solint, axes, refant, ms_name,
+        )  # fmt: skip
+    return out
+
+
+def _solution_dataset(
+    solved: list[da.Array],
+    intervals: list[_Interval],
+    names: list[str],
+    receptors: list[str],
+    gaintype: str,
+    calmode: str,
+    example: xr.Dataset,
+    selected: Mapping[str, xr.Dataset],
+    spw_id: int,
+    solint,
+    axes: frozenset[str],
+    refant,
+    ms_name: str,
+) -> xr.Dataset:
+    dims = (schema.TIME, schema.ANTENNA_NAME, schema.FREQUENCY, schema.RECEPTOR)
+    spw_parts = [
+        ds for ds in selected.values()
+        if int(ds.attrs[schema.ATTR_PARTITION_INFO][schema.PI_SPW_ID]) == spw_id
+    ]  # fmt: skip
+    freqs = coord_values(spw_parts[0], schema.FREQUENCY).astype(float)
+    info = spw_parts[0].attrs[schema.ATTR_PARTITION_INFO]
+
+    def var(k: int) -> da.Array:  # (time, antenna, receptor) -> one-channel frequency axis
+        return solved[k][:, :, None, :]
+
+    pols = [str(p) for p in coord_values(example, schema.POLARIZATION)]
+    circular = any(p[0] in "RL" for p in pols)
+    receptor_labels = ["".join(receptors)] if gaintype == schema.CAL_TYPE_T else receptors
+    return xr.Dataset(
+        {
+            schema.CALIBRATION_PARAMETER: (dims, var(0), {schema.ATTR_UNITS: ""}),
+            schema.PARAMETER_ERROR: (dims, var(1), {schema.ATTR_UNITS: ""}),
+            schema.SNR: (dims, var(2)),
+            schema.FLAG: (dims, var(3)),
+            schema.N_VISIBILITIES: (dims, var(4)),
+            schema.REFERENCE_ANTENNA: (
+                (schema.TIME,),
+                solved[5],
+                {"description": "index into antenna_name of each solution's refant; -1: none"},
+            ),
+            schema.SOLUTION_INTERVAL: (
+                (schema.TIME,),
+                np.array([iv.span for iv in intervals]),
+                {schema.ATTR_UNITS: "s"},
+            ),
+        },
+        coords={
+            schema.TIME: (
+                schema.TIME,
+                np.array([iv.time for iv in intervals]),
+                {schema.ATTR_UNITS: "s", "scale": "utc", "format": "unix"},
+            ),
+            schema.ANTENNA_NAME: names,
+            schema.FREQUENCY: (
+                schema.FREQUENCY,
+                [float(freqs.mean())],
+                {schema.ATTR_UNITS: "Hz"},
+            ),
+            schema.RECEPTOR: receptor_labels,
+            schema.FIELD_NAME: (schema.TIME, [iv.field for iv in intervals]),
+            schema.SCAN_NUMBER: (schema.TIME, [iv.scan for iv in intervals]),
+        },
+        attrs={
+            schema.ATTR_TYPE: schema.TYPE_CALIBRATION_SOLUTION,
+            schema.ATTR_CAL_TYPE: gaintype,
+            schema.ATTR_SPW_ID: int(spw_id),
+            schema.ATTR_SPECTRAL_WINDOW_NAME: str(info.get(schema.PI_SPW_NAME, "")),
+            schema.ATTR_SOLINT: str(solint),
+            schema.ATTR_COMBINE: ",".join(sorted(axes)),
+            schema.ATTR_CALMODE: calmode,
+            schema.ATTR_REFANT: ",".join(parse_refant(refant)),
+            schema.ATTR_MS_NAME: ms_name,
+            schema.ATTR_POL_BASIS: "circular" if circular else "linear",
+            schema.ATTR_FIELDS: sorted({iv.field for iv in intervals}),
+        },
+    )
