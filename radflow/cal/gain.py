@@ -252,6 +252,64 @@ def _drop_sparse_antennas(wgt: np.ndarray, minblperant: int) -> np.ndarray:
         wgt.transpose(0, 2, 1)[sparse] = 0.0
 
 
+def solve_batch(
+    vbar: np.ndarray,
+    wgt: np.ndarray,
+    *,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    n_ant: int,
+    minblperant: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Antenna gains of independent problems (N, baseline, receptor) -> gains, errors (complex
+    magnitude, inf where not solved) and baselines used, each (N, A, R); see the module
+    docstring. Autocorrelations are ignored."""
+    n_sol, _, n_rec = vbar.shape
+    cross = ant1 != ant2
+    a1, a2 = ant1[cross], ant2[cross]
+    gains = np.zeros((n_sol, n_ant, n_rec), dtype=complex)
+    error = np.full((n_sol, n_ant, n_rec), np.inf)
+    nvis = np.zeros((n_sol, n_ant, n_rec), dtype=np.int64)
+    for r in range(n_rec):
+        vis_m = np.zeros((n_sol, n_ant, n_ant), dtype=complex)
+        wgt_m = np.zeros((n_sol, n_ant, n_ant))
+        vis_m[:, a1, a2] = vbar[:, cross, r]
+        vis_m[:, a2, a1] = np.conj(vbar[:, cross, r])
+        wgt_m[:, a1, a2] = wgt[:, cross, r]
+        wgt_m[:, a2, a1] = wgt[:, cross, r]
+        wgt_m = _drop_sparse_antennas(wgt_m, minblperant)
+        g = _stefcal(vis_m, wgt_m)
+        resid = wgt_m * np.abs(vis_m - g[:, :, None] * np.conj(g[:, None, :])) ** 2
+        chi2 = 0.5 * resid.sum(axis=(1, 2))  # each baseline appears twice in the matrix
+        used = wgt_m > 0
+        n_vis = 0.5 * used.sum(axis=(1, 2))
+        n_par = used.any(axis=2).sum(axis=1)
+        nu = np.maximum(2.0 * (n_vis - n_par), 1.0)
+        curvature = np.einsum("saj,sj->sa", wgt_m, np.abs(g) ** 2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            error[:, :, r] = np.sqrt(2.0 * chi2[:, None] / nu[:, None] / curvature)
+        gains[:, :, r] = g
+        nvis[:, :, r] = used.sum(axis=2)
+    return gains, error, nvis
+
+
+def model_divided(num: np.ndarray, den: np.ndarray, calmode: str) -> np.ndarray:
+    """``Vbar = num / den`` (0 without data), as ``Vbar/|Vbar|`` for 'p', ``|Vbar|`` for 'a'."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vbar = np.where(den > 0, num / den, 0.0)
+    if calmode == "p":
+        return np.where(np.abs(vbar) > 0, vbar / np.abs(vbar), 0.0)
+    if calmode == "a":
+        return np.abs(vbar).astype(complex)
+    return vbar
+
+
+def signal_to_noise(gains: np.ndarray, error: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(np.isfinite(error) & (error > 0), np.abs(gains) / error, 0.0)
+    return np.where(error == 0, np.inf, snr)
+
+
 def _solve_block(
     num: np.ndarray,
     den: np.ndarray,
@@ -266,46 +324,18 @@ def _solve_block(
     refants: list[int],
     strict: bool,
     solnorm: bool,
+    names: list[str],
 ) -> tuple[np.ndarray, ...]:
-    """num, den: (S, baseline, pol) -> gains, error, snr, flag (S, A, R), nvis, refant (S,)."""
-    n_sol = num.shape[0]
+    """num, den: (S, baseline, pol) -> gains, error, snr, flag (S, A, R), nvis, refant name
+    (S,; "" where none)."""
     if gaintype == schema.CAL_TYPE_T:  # one gain for both hands: their data add up
         num, den = num.sum(axis=2, keepdims=True), den.sum(axis=2, keepdims=True)
-    n_rec = num.shape[2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vbar = np.where(den > 0, num / den, 0.0)
-    if calmode == "p":
-        vbar = np.where(np.abs(vbar) > 0, vbar / np.abs(vbar), 0.0)
-    elif calmode == "a":
-        vbar = np.abs(vbar).astype(complex)
-    cross = ant1 != ant2
-    gains = np.zeros((n_sol, n_ant, n_rec), dtype=complex)
-    error = np.full((n_sol, n_ant, n_rec), np.inf)
-    nvis = np.zeros((n_sol, n_ant, n_rec), dtype=np.int64)
-    for r in range(n_rec):
-        vis_m = np.zeros((n_sol, n_ant, n_ant), dtype=complex)
-        wgt_m = np.zeros((n_sol, n_ant, n_ant))
-        a1, a2 = ant1[cross], ant2[cross]
-        vis_m[:, a1, a2] = vbar[:, cross, r]
-        vis_m[:, a2, a1] = np.conj(vbar[:, cross, r])
-        wgt_m[:, a1, a2] = den[:, cross, r]
-        wgt_m[:, a2, a1] = den[:, cross, r]
-        wgt_m = _drop_sparse_antennas(wgt_m, minblperant)
-        g = _stefcal(vis_m, wgt_m)
-        resid = wgt_m * np.abs(vis_m - g[:, :, None] * np.conj(g[:, None, :])) ** 2
-        chi2 = 0.5 * resid.sum(axis=(1, 2))  # each baseline appears twice in the matrix
-        used = wgt_m > 0
-        n_vis = 0.5 * used.sum(axis=(1, 2))
-        n_par = used.any(axis=2).sum(axis=1)
-        nu = np.maximum(2.0 * (n_vis - n_par), 1.0)
-        curvature = np.einsum("saj,sj->sa", wgt_m, np.abs(g) ** 2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            error[:, :, r] = np.sqrt(2.0 * chi2[:, None] / nu[:, None] / curvature)
-        gains[:, :, r] = g
-        nvis[:, :, r] = used.sum(axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(np.isfinite(error) & (error > 0), np.abs(gains) / error, 0.0)
-    snr = np.where(error == 0, np.inf, snr)
+    n_sol = num.shape[0]
+    gains, error, nvis = solve_batch(
+        model_divided(num, den, calmode), den, ant1=ant1, ant2=ant2, n_ant=n_ant,
+        minblperant=minblperant,
+    )  # fmt: skip
+    snr = signal_to_noise(gains, error)
     flag = (nvis == 0) | ~(snr > minsnr)
 
     refant = np.full(n_sol, -1, dtype=np.int64)
@@ -341,7 +371,8 @@ def _solve_block(
         gains = gains / np.sqrt(np.where(power > 0, power, 1.0))[:, None, :]
     gains = np.where(flag, 1.0 + 0j, gains)  # flagged values are never used: keep them finite
     error = np.where(np.isfinite(error), error, 0.0)
-    return gains, error, snr, flag, nvis, refant
+    names = np.array([*names, ""])  # index -1: no refant
+    return gains, error, snr, flag, nvis, names[refant]
 
 
 # ---- the public solver ----
@@ -422,7 +453,7 @@ def solve(
     dict of spw id -> solution Dataset
         Dask-backed ``CALIBRATION_PARAMETER`` (complex, dims time, antenna_name, frequency (1),
         receptor), ``PARAMETER_ERROR``, ``SNR``, ``FLAG``, ``N_VISIBILITIES``,
-        ``REFERENCE_ANTENNA`` (time; index into antenna_name, -1 if none), ``SOLUTION_INTERVAL``;
+        ``REFERENCE_ANTENNA`` (time; the refant's name, "" if none), ``SOLUTION_INTERVAL``;
         coords field_name(time), scan_number(time). Times (unix s) are known without computing.
 
     Raises
@@ -518,14 +549,16 @@ def solve(
             refants=order,
             strict=refantmode == "strict",
             solnorm=bool(solnorm),
+            names=names,
         )
         n_rec = 1 if gaintype == schema.CAL_TYPE_T else len(receptors)
+        name_dtype = np.dtype(f"<U{max(len(n) for n in names)}")
         results = dask.delayed(_solve_block, nout=6, pure=True)(num_arr, den_arr, **kwargs)
         shape = (len(mine), len(names), n_rec)
         solved = [
             da.from_delayed(r, shape if k < 5 else shape[:1], dtype=dtype)
             for k, (r, dtype) in enumerate(
-                zip(results, (complex, float, float, bool, np.int64, np.int64), strict=True)
+                zip(results, (complex, float, float, bool, np.int64, name_dtype), strict=True)
             )
         ]
         out[spw_id] = _solution_dataset(
@@ -574,7 +607,7 @@ def _solution_dataset(
             schema.REFERENCE_ANTENNA: (
                 (schema.TIME,),
                 solved[5],
-                {"description": "index into antenna_name of each solution's refant; -1: none"},
+                {"description": "the reference antenna of each solution; '': none"},
             ),
             schema.SOLUTION_INTERVAL: (
                 (schema.TIME,),
