@@ -38,6 +38,9 @@ class ExecutionBlock:
     tables: dict[str, xr.Dataset] = field(default_factory=dict)
     new_groups: dict[str, list[str]] = field(default_factory=dict)  # partition -> groups added
     notes: list[str] = field(default_factory=list)
+    # files written beside the store once its results are in place (e.g. CASA caltables): each
+    # callable gets the updated store's path and returns the paths it wrote
+    exports: list[Callable[[Path], list[Path]]] = field(default_factory=list)
 
     def info(self, name: str) -> dict[str, Any]:
         return self.partitions[name].attrs.get(schema.ATTR_PARTITION_INFO) or {}

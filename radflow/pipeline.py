@@ -256,4 +256,6 @@ def run(
             ]
             stem = eb.path.with_name(eb.path.name.removesuffix(".zarr").removesuffix(".ps"))
             result.tables = write_baseline_tables(tables, Path(f"{stem}.baseline"))
+        for export in eb.exports:
+            result.tables.extend(export(eb.path))
     return results
