@@ -375,6 +375,118 @@ def _solve_block(
     return gains, error, snr, flag, nvis, names[refant]
 
 
+# ---- selection and data preparation shared by the solvers ----
+
+
+@dataclass
+class Prepared:
+    """The selected partitions of an EB, their antennas and their lazily prepared data."""
+
+    selected: dict[str, xr.Dataset]
+    names: list[str]  # antennas, in the order of the solution's antenna_name axis
+    ant1: np.ndarray  # per baseline, index into names
+    ant2: np.ndarray
+    refant_order: list[int]  # refant preference (indices into names)
+    receptors: list[str]  # receptor letters of the parallel hands, in pol order
+    data: dict[str, tuple[xr.DataArray, xr.DataArray]]  # partition -> (sum wVM*, sum w|M|^2)
+
+    @property
+    def name_dtype(self) -> np.dtype:
+        return np.dtype(f"<U{max(len(n) for n in self.names)}")
+
+    def interval_arrays(self, intervals: list[_Interval]) -> tuple[da.Array, da.Array]:
+        """(S, baseline, [frequency,] pol) sums of each interval, one chunk (small)."""
+        nums, dens = [], []
+        for iv in intervals:
+            nums.append(_interval_sum([(self.data[n][0], i) for n, i in iv.pieces]).data)
+            dens.append(_interval_sum([(self.data[n][1], i) for n, i in iv.pieces]).data)
+        return da.stack(nums).rechunk(-1), da.stack(dens).rechunk(-1)
+
+
+def select(
+    partitions: Mapping[str, xr.Dataset],
+    field: str | Sequence[str],
+    intent: str,
+    spw: Sequence[int] | None,
+    where: str,
+) -> dict[str, xr.Dataset]:
+    """The visibility partitions (restricted to the `field` times) a solver uses."""
+    fields = parse_refant(field)
+    selected = {}
+    for name, ds in partitions.items():
+        if ds.attrs.get(schema.ATTR_TYPE) != schema.TYPE_VISIBILITY:
+            continue
+        info = ds.attrs[schema.ATTR_PARTITION_INFO]
+        intents = ",".join(info.get(schema.PI_INTENTS) or [])
+        if spw is not None and int(info[schema.PI_SPW_ID]) not in set(spw):
+            continue
+        if intent and intent not in intents:
+            continue
+        if fields:
+            keep = np.isin(coord_values(ds, schema.FIELD_NAME).astype(str), fields)
+            if not keep.any():
+                continue
+            ds = ds.isel({schema.TIME: np.flatnonzero(keep)})
+        selected[name] = ds
+    if not selected:
+        raise GaincalError(
+            f"{where}: no visibility data selected (field={field!r}, intent={intent!r}, "
+            f"spw={spw!r})"
+        )
+    return selected
+
+
+def prepare(
+    partitions: Mapping[str, xr.Dataset],
+    *,
+    field: str | Sequence[str],
+    intent: str,
+    spw: Sequence[int] | None,
+    refant: str | Sequence[str],
+    antenna_positions: xr.DataArray | None,
+    gaintable: Sequence[applycal.SolutionTable],
+    interp: str | Sequence[str],
+    spwmap: Sequence[Mapping[int, int] | None] | None,
+    group: str,
+    model_group: str | None,
+    per_channel: bool,
+    where: str,
+) -> Prepared:
+    """Select, check the baselines agree, order the refants and prepare the data lazily."""
+    selected = select(partitions, field, intent, spw, where)
+    first = next(iter(selected.values()))
+    ant1 = coord_values(first, schema.BASELINE_ANTENNA1_NAME).astype(str)
+    ant2 = coord_values(first, schema.BASELINE_ANTENNA2_NAME).astype(str)
+    for name, ds in selected.items():
+        if not (
+            np.array_equal(coord_values(ds, schema.BASELINE_ANTENNA1_NAME).astype(str), ant1)
+            and np.array_equal(coord_values(ds, schema.BASELINE_ANTENNA2_NAME).astype(str), ant2)
+        ):
+            raise GaincalError(f"{where}: partition {name} has other baselines than the rest")
+    names = sorted(set(ant1) | set(ant2), key=list(np.concatenate([ant1, ant2])).index)
+    index = {n: k for k, n in enumerate(names)}
+    n = len(gaintable)
+    prior_kwargs = {
+        "interp_method": [interp] * n if isinstance(interp, str) else list(interp),
+        "spwmap": list(spwmap) if spwmap is not None else [None] * n,
+    }
+    data = {}
+    for name, ds in selected.items():
+        has_model = bool(model_group) and model_group in ds.attrs.get(schema.ATTR_DATA_GROUPS, {})
+        data[name] = _prepared(ds, group, model_group if has_model else None, gaintable,
+                               prior_kwargs, per_channel)  # fmt: skip
+    receptors = [p[0] for p in _parallel_hands(first)]
+    return Prepared(
+        selected=selected,
+        names=names,
+        ant1=np.array([index[a] for a in ant1]),
+        ant2=np.array([index[a] for a in ant2]),
+        refant_order=_antenna_order(names, parse_refant(refant), antenna_positions, where),
+        receptors=receptors,
+        data=data,
+    )
+
+
 # ---- the public solver ----
 
 
@@ -470,144 +582,85 @@ def solve(
         raise GaincalError(f"{where}: refantmode must be 'flex' or 'strict', got {refantmode!r}")
     interval_s = parse_solint(solint)
     axes = parse_combine(combine)
-    fields = parse_refant(field)
-    selected = {}
-    for name, ds in partitions.items():
-        if ds.attrs.get(schema.ATTR_TYPE) != schema.TYPE_VISIBILITY:
-            continue
-        info = ds.attrs[schema.ATTR_PARTITION_INFO]
-        intents = ",".join(info.get(schema.PI_INTENTS) or [])
-        if spw is not None and int(info[schema.PI_SPW_ID]) not in set(spw):
-            continue
-        if intent and intent not in intents:
-            continue
-        if fields and not set(fields) & set(coord_values(ds, schema.FIELD_NAME).astype(str)):
-            continue
-        if fields:
-            keep = np.isin(coord_values(ds, schema.FIELD_NAME).astype(str), fields)
-            ds = ds.isel({schema.TIME: np.flatnonzero(keep)})
-        selected[name] = ds
-    if not selected:
-        raise GaincalError(
-            f"{where}: no visibility data selected (field={field!r}, intent={intent!r}, "
-            f"spw={spw!r})"
-        )
-    first = next(iter(selected.values()))
-    ant1 = coord_values(first, schema.BASELINE_ANTENNA1_NAME).astype(str)
-    ant2 = coord_values(first, schema.BASELINE_ANTENNA2_NAME).astype(str)
-    for name, ds in selected.items():
-        if not (
-            np.array_equal(coord_values(ds, schema.BASELINE_ANTENNA1_NAME).astype(str), ant1)
-            and np.array_equal(coord_values(ds, schema.BASELINE_ANTENNA2_NAME).astype(str), ant2)
-        ):
-            raise GaincalError(f"{where}: partition {name} has other baselines than the rest")
-    names = sorted(set(ant1) | set(ant2), key=list(np.concatenate([ant1, ant2])).index)
-    index = {n: k for k, n in enumerate(names)}
-    order = _antenna_order(names, parse_refant(refant), antenna_positions, where)
-
-    n = len(gaintable)
-    prior_kwargs = {
-        "interp_method": [interp] * n if isinstance(interp, str) else list(interp),
-        "spwmap": list(spwmap) if spwmap is not None else [None] * n,
-    }
-    groups_of = {n: ds.attrs.get(schema.ATTR_DATA_GROUPS, {}) for n, ds in selected.items()}
-    prepared = {
-        name: _prepared(
-            ds,
-            group,
-            model_group if model_group in groups_of[name] else None,
-            gaintable,
-            prior_kwargs,
-            per_channel=False,
-        )  # fmt: skip
-        for name, ds in selected.items()
-    }
-    receptors = sorted({p[0] for ds in selected.values() for p in _parallel_hands(ds)},
-                       key="XYRL".index)  # fmt: skip
-
-    intervals = _intervals(selected, interval_s, axes)
+    prep = prepare(
+        partitions, field=field, intent=intent, spw=spw, refant=refant,
+        antenna_positions=antenna_positions, gaintable=gaintable, interp=interp, spwmap=spwmap,
+        group=group, model_group=model_group, per_channel=False, where=where,
+    )  # fmt: skip
+    names, receptors = prep.names, prep.receptors
+    intervals = _intervals(prep.selected, interval_s, axes)
     out: SolutionTable = {}
-    spw_ids = sorted({s for iv in intervals for s in iv.spws})
-    for spw_id in spw_ids:
+    for spw_id in sorted({s for iv in intervals for s in iv.spws}):
         mine = [iv for iv in intervals if spw_id in iv.spws]
-        nums, dens = [], []
-        for iv in mine:
-            num = _interval_sum([(prepared[n_][0], i) for n_, i in iv.pieces])
-            den = _interval_sum([(prepared[n_][1], i) for n_, i in iv.pieces])
-            nums.append(num.data)
-            dens.append(den.data)
-        num_arr = da.stack(nums).rechunk(-1)
-        den_arr = da.stack(dens).rechunk(-1)
+        num_arr, den_arr = prep.interval_arrays(mine)
         kwargs = dict(
-            ant1=np.array([index[a] for a in ant1]),
-            ant2=np.array([index[a] for a in ant2]),
+            ant1=prep.ant1,
+            ant2=prep.ant2,
             n_ant=len(names),
             gaintype=gaintype,
             calmode=calmode,
             minblperant=int(minblperant),
             minsnr=float(minsnr),
-            refants=order,
+            refants=prep.refant_order,
             strict=refantmode == "strict",
             solnorm=bool(solnorm),
             names=names,
         )
         n_rec = 1 if gaintype == schema.CAL_TYPE_T else len(receptors)
-        name_dtype = np.dtype(f"<U{max(len(n) for n in names)}")
         results = dask.delayed(_solve_block, nout=6, pure=True)(num_arr, den_arr, **kwargs)
         shape = (len(mine), len(names), n_rec)
         solved = [
-            da.from_delayed(r, shape if k < 5 else shape[:1], dtype=dtype)
-            for k, (r, dtype) in enumerate(
-                zip(results, (complex, float, float, bool, np.int64, name_dtype), strict=True)
+            da.from_delayed(r, shape, dtype=dtype)[:, :, None, :]  # one-channel frequency axis
+            for r, dtype in zip(
+                [results[k] for k in range(5)], (complex, float, float, bool, np.int64), strict=True
             )
         ]
-        out[spw_id] = _solution_dataset(
-            solved, mine, names, receptors, gaintype, calmode, first, selected, spw_id,
-            solint, axes, refant, ms_name,
+        solved.append(da.from_delayed(results[5], shape[:1], dtype=prep.name_dtype))
+        out[spw_id] = solution_dataset(
+            solved, mine, prep, spw_id, cal_type=gaintype,
+            receptors=["".join(receptors)] if gaintype == schema.CAL_TYPE_T else receptors,
+            frequencies=np.array([spw_frequencies(prep, spw_id).mean()]),
+            attrs={
+                schema.ATTR_SOLINT: str(solint),
+                schema.ATTR_COMBINE: ",".join(sorted(axes)),
+                schema.ATTR_CALMODE: calmode,
+                schema.ATTR_REFANT: ",".join(parse_refant(refant)),
+                schema.ATTR_MS_NAME: ms_name,
+            },
         )  # fmt: skip
     return out
 
 
-def _solution_dataset(
-    solved: list[da.Array],
+def solution_dataset(
+    solved: Sequence[da.Array],
     intervals: list[_Interval],
-    names: list[str],
-    receptors: list[str],
-    gaintype: str,
-    calmode: str,
-    example: xr.Dataset,
-    selected: Mapping[str, xr.Dataset],
+    prep: Prepared,
     spw_id: int,
-    solint,
-    axes: frozenset[str],
-    refant,
-    ms_name: str,
+    *,
+    cal_type: str,
+    receptors: list[str],
+    frequencies: np.ndarray,
+    attrs: dict,
 ) -> xr.Dataset:
+    """A solution Dataset from the solver's lazy outputs: gains, errors, SNR, flags, baselines
+    used (each (S, A, F, R)) and refant names (S,)."""
     dims = (schema.TIME, schema.ANTENNA_NAME, schema.FREQUENCY, schema.RECEPTOR)
-    spw_parts = [
-        ds for ds in selected.values()
+    info = next(
+        ds.attrs[schema.ATTR_PARTITION_INFO] for ds in prep.selected.values()
         if int(ds.attrs[schema.ATTR_PARTITION_INFO][schema.PI_SPW_ID]) == spw_id
-    ]  # fmt: skip
-    freqs = coord_values(spw_parts[0], schema.FREQUENCY).astype(float)
-    info = spw_parts[0].attrs[schema.ATTR_PARTITION_INFO]
-
-    def var(k: int) -> da.Array:  # (time, antenna, receptor) -> one-channel frequency axis
-        return solved[k][:, :, None, :]
-
-    pols = [str(p) for p in coord_values(example, schema.POLARIZATION)]
-    circular = any(p[0] in "RL" for p in pols)
-    receptor_labels = ["".join(receptors)] if gaintype == schema.CAL_TYPE_T else receptors
+    )  # fmt: skip
+    gains, error, snr, flag, nvis, refant = solved
     return xr.Dataset(
         {
-            schema.CALIBRATION_PARAMETER: (dims, var(0), {schema.ATTR_UNITS: ""}),
-            schema.PARAMETER_ERROR: (dims, var(1), {schema.ATTR_UNITS: ""}),
-            schema.SNR: (dims, var(2)),
-            schema.FLAG: (dims, var(3)),
-            schema.N_VISIBILITIES: (dims, var(4)),
+            schema.CALIBRATION_PARAMETER: (dims, gains, {schema.ATTR_UNITS: ""}),
+            schema.PARAMETER_ERROR: (dims, error, {schema.ATTR_UNITS: ""}),
+            schema.SNR: (dims, snr),
+            schema.FLAG: (dims, flag),
+            schema.N_VISIBILITIES: (dims, nvis),
             schema.REFERENCE_ANTENNA: (
                 (schema.TIME,),
-                solved[5],
-                {"description": "the reference antenna of each solution; '': none"},
+                refant,
+                {"description": "the reference antenna; '': none"},
             ),
             schema.SOLUTION_INTERVAL: (
                 (schema.TIME,),
@@ -621,27 +674,28 @@ def _solution_dataset(
                 np.array([iv.time for iv in intervals]),
                 {schema.ATTR_UNITS: "s", "scale": "utc", "format": "unix"},
             ),
-            schema.ANTENNA_NAME: names,
-            schema.FREQUENCY: (
-                schema.FREQUENCY,
-                [float(freqs.mean())],
-                {schema.ATTR_UNITS: "Hz"},
-            ),
-            schema.RECEPTOR: receptor_labels,
+            schema.ANTENNA_NAME: prep.names,
+            schema.FREQUENCY: (schema.FREQUENCY, frequencies, {schema.ATTR_UNITS: "Hz"}),
+            schema.RECEPTOR: receptors,
             schema.FIELD_NAME: (schema.TIME, [iv.field for iv in intervals]),
             schema.SCAN_NUMBER: (schema.TIME, [iv.scan for iv in intervals]),
         },
         attrs={
             schema.ATTR_TYPE: schema.TYPE_CALIBRATION_SOLUTION,
-            schema.ATTR_CAL_TYPE: gaintype,
+            schema.ATTR_CAL_TYPE: cal_type,
             schema.ATTR_SPW_ID: int(spw_id),
             schema.ATTR_SPECTRAL_WINDOW_NAME: str(info.get(schema.PI_SPW_NAME, "")),
-            schema.ATTR_SOLINT: str(solint),
-            schema.ATTR_COMBINE: ",".join(sorted(axes)),
-            schema.ATTR_CALMODE: calmode,
-            schema.ATTR_REFANT: ",".join(parse_refant(refant)),
-            schema.ATTR_MS_NAME: ms_name,
-            schema.ATTR_POL_BASIS: "circular" if circular else "linear",
+            schema.ATTR_POL_BASIS: "circular" if prep.receptors[0] in "RL" else "linear",
             schema.ATTR_FIELDS: sorted({iv.field for iv in intervals}),
+            **attrs,
         },
     )
+
+
+def spw_frequencies(prep: Prepared, spw_id: int) -> np.ndarray:
+    """Channel frequencies (Hz) of `spw_id` in the selected data."""
+    ds = next(
+        ds for ds in prep.selected.values()
+        if int(ds.attrs[schema.ATTR_PARTITION_INFO][schema.PI_SPW_ID]) == spw_id
+    )  # fmt: skip
+    return coord_values(ds, schema.FREQUENCY).astype(float)
