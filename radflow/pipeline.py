@@ -177,7 +177,14 @@ def _writes(eb: ExecutionBlock, tmp: Path) -> list[Any]:
         names = sorted(
             {v for g in groups for r, v in roles[g].items() if r in _ARRAY_ROLES and v in ds}
         )
-        writes.append(store.add_variables(tmp, name, ds[names].assign_attrs(ds.attrs)))
+        # groups made only for use inside the graph (setjy's model) are not stored: keep the
+        # store's own groups and the new ones in the data_groups attribute
+        stored = set(eb.tree[name].attrs.get(schema.ATTR_DATA_GROUPS, {})) | set(groups)
+        attrs = {
+            **ds.attrs,
+            schema.ATTR_DATA_GROUPS: {g: r for g, r in roles.items() if g in stored},
+        }
+        writes.append(store.add_variables(tmp, name, ds[names].assign_attrs(attrs)))
     for key, solution in {**eb.solutions, **eb.tables}.items():
         writes.append(store.add_group(tmp, f"{CALIBRATION_GROUP}/{key}", solution))
     return writes
