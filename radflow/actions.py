@@ -19,7 +19,8 @@ import numpy as np
 import xarray as xr
 
 from radflow import schema
-from radflow.cal import baseline, jyperk, sdcal, sky, tsys
+from radflow.cal import apply as applycal
+from radflow.cal import bandpass, baseline, fluxscale, gain, jyperk, sdcal, setjy, sky, tsys
 from radflow.converters.jyperk_csv import read_jyperk_csv
 
 
@@ -35,6 +36,8 @@ class ExecutionBlock:
     tree: xr.DataTree
     partitions: dict[str, xr.Dataset]
     solutions: dict[str, xr.Dataset] = field(default_factory=dict)
+    # interferometer solution tables by name (spw id -> Dataset), for later steps' gaintable
+    caltables: dict[str, dict[int, xr.Dataset]] = field(default_factory=dict)
     tables: dict[str, xr.Dataset] = field(default_factory=dict)
     new_groups: dict[str, list[str]] = field(default_factory=dict)  # partition -> groups added
     notes: list[str] = field(default_factory=list)
@@ -276,3 +279,296 @@ def jyperk_action(
             eb.update(
                 name, jyperk.apply(eb.partitions[name], table, group=group, output=output), output
             )
+
+
+# ---- interferometer ----
+
+
+def _visibility_names(eb: ExecutionBlock, intent: str = "", field: Any = None) -> list[str]:
+    """Visibility partitions with `intent` (substring of a scan intent) and `field` (names)."""
+    fields = gain.parse_refant(field) if field else []
+    out = []
+    for name, ds in eb.partitions.items():
+        if ds.attrs.get(schema.ATTR_TYPE) != schema.TYPE_VISIBILITY:
+            continue
+        if intent and not _has_intent(eb.info(name), intent):
+            continue
+        if fields and not set(fields) & set(ds[schema.FIELD_NAME].values.astype(str)):
+            continue
+        out.append(name)
+    return out
+
+
+def _field_intents(eb: ExecutionBlock) -> dict[str, list[str]]:
+    out: dict[str, set[str]] = {}
+    for name in _visibility_names(eb):
+        intents = [str(i) for i in eb.info(name).get(schema.PI_INTENTS) or []]
+        for f in np.unique(eb.partitions[name][schema.FIELD_NAME].values.astype(str)):
+            out.setdefault(str(f), set()).update(intents)
+    return {f: sorted(i) for f, i in out.items()}
+
+
+def _fields(eb: ExecutionBlock, selection: Any) -> list[str]:
+    """Field names from names, or from intents (a token with '#' or starting CALIBRATE_/OBSERVE_
+    selects the fields observed with that intent)."""
+    intents = _field_intents(eb)
+    out: list[str] = []
+    for token in gain.parse_refant(selection) if selection else []:
+        if token in intents:
+            out.append(token)
+        elif token.startswith(("CALIBRATE_", "OBSERVE_")) or "#" in token:
+            matched = [f for f, i in intents.items() if any(token in x for x in i)]
+            if not matched:
+                raise ActionError(f"{eb.path}: no field was observed with intent {token!r}")
+            out.extend(m for m in matched if m not in out)
+        else:
+            raise ActionError(f"{eb.path}: no field {token!r} (fields: {sorted(intents)})")
+    return out
+
+
+def _antenna_positions(eb: ExecutionBlock, names: list[str]) -> xr.DataArray | None:
+    node = eb.tree[names[0]] if names else None
+    if node is None or schema.ANTENNA_XDS not in node.children:
+        return None
+    return node[schema.ANTENNA_XDS].to_dataset()[schema.ANTENNA_POSITION]
+
+
+def _tables(eb: ExecutionBlock, names: Any, step: str) -> list[dict[int, xr.Dataset]]:
+    names = [names] if isinstance(names, str) else list(names or [])
+    missing = [n for n in names if n not in eb.caltables]
+    if missing:
+        raise ActionError(
+            f"{eb.path}: step {step}: gaintable {missing} not solved by an earlier step "
+            f"(solved so far: {sorted(eb.caltables) or 'none'})"
+        )
+    return [eb.caltables[n] for n in names]
+
+
+def _keep_table(eb: ExecutionBlock, name: str, table: dict[int, xr.Dataset], export: bool):
+    """Record a solution table: stored in the store under calibration/<name>/spw<id>, and
+    (export) written as a CASA caltable <eb>.<name>.cal beside the store after the run."""
+    if name in eb.caltables:
+        raise ActionError(f"{eb.path}: a solution table named {name!r} exists already")
+    eb.caltables[name] = table
+    for spw, ds in table.items():
+        eb.solutions[f"{name}/spw{spw}"] = ds
+    ms = eb.source_ms()
+    if export and ms and Path(ms).exists():
+        keys = [f"{name}/spw{spw}" for spw in table]
+
+        def write(store_path: Path) -> list[Path]:
+            from radflow import store
+            from radflow.converters.caltable import write_caltable
+
+            loaded = {int(k.rsplit("spw", 1)[1]): store.load_group(store_path, f"calibration/{k}")
+                      for k in keys}  # fmt: skip
+            stem = store_path.name.removesuffix(".zarr").removesuffix(".ps")
+            out = store_path.with_name(f"{stem}.{name}.cal")
+            return [write_caltable(loaded, out, ms, overwrite=True)]
+
+        eb.exports.append(write)
+
+
+@action("setjy")
+def setjy_action(
+    eb: ExecutionBlock,
+    *,
+    field: Any = "CALIBRATE_FLUX",
+    standard: str = setjy.PB2017,
+    fluxdensity: Any = None,
+    spix: Any = 0.0,
+    reffreq: Any = None,
+    fluxcsv: Any = None,
+    scalebychan: bool = True,
+    output: str = "setjy",
+) -> None:
+    """Model visibilities of the flux calibrator(s) (:func:`radflow.cal.setjy.apply`).
+
+    The model is used by the later solves within the same graph and is not written to the store
+    (it is cheap to recompute and as large as the data).
+    """
+    fields = _fields(eb, field)
+    names = _visibility_names(eb, field=fields)
+    if not names:
+        raise ActionError(f"{eb.path}: setjy: no visibility data of fields {fields}")
+    for name in names:
+        eb.partitions[name] = setjy.apply(
+            eb.partitions[name], fields, standard=standard, fluxdensity=fluxdensity, spix=spix,
+            reffreq=reffreq, fluxcsv=fluxcsv, ms=eb.source_ms(), scalebychan=scalebychan,
+            output=output,
+        )  # fmt: skip
+
+
+def _solver_common(eb: ExecutionBlock, field: Any, gaintable: Any, step: str) -> dict:
+    fields = _fields(eb, field)
+    names = _visibility_names(eb, field=fields)
+    if not names:
+        raise ActionError(f"{eb.path}: {step}: no visibility data of fields {fields}")
+    return dict(
+        partitions={n: eb.partitions[n] for n in names},
+        field=fields,
+        gaintable=_tables(eb, gaintable, step),
+        antenna_positions=_antenna_positions(eb, names),
+        ms_name=eb.source_ms() or "",
+    )
+
+
+@action("gaincal")
+def gaincal_action(
+    eb: ExecutionBlock,
+    *,
+    name: str = "gain",
+    field: Any = "CALIBRATE_",
+    spw: Any = None,
+    gaintype: str = "G",
+    calmode: str = "ap",
+    solint: Any = "inf",
+    combine: str = "",
+    refant: Any = "",
+    refantmode: str = "flex",
+    minblperant: int = 4,
+    minsnr: float = 3.0,
+    solnorm: bool = False,
+    gaintable: Any = (),
+    interp: Any = "linear",
+    group: str = schema.GROUP_BASE,
+    model_group: str = "setjy",
+    caltable: bool = True,
+) -> None:
+    """Antenna gains (:func:`radflow.cal.gain.solve`); the table is called `name`."""
+    common = _solver_common(eb, field, gaintable, "gaincal")
+    try:
+        table = gain.solve(
+            **common, spw=spw, gaintype=gaintype, calmode=calmode, solint=solint,
+            combine=combine, refant=refant, refantmode=refantmode, minblperant=minblperant,
+            minsnr=minsnr, solnorm=solnorm, interp=interp, group=group, model_group=model_group,
+        )  # fmt: skip
+    except (gain.GaincalError, applycal.ApplyError) as exc:
+        raise ActionError(f"{eb.path}: {exc}") from exc
+    _keep_table(eb, name, table, caltable)
+
+
+@action("bandpass")
+def bandpass_action(
+    eb: ExecutionBlock,
+    *,
+    name: str = "bandpass",
+    field: Any = "CALIBRATE_BANDPASS",
+    spw: Any = None,
+    solint: Any = "inf",
+    combine: str = "scan",
+    refant: Any = "",
+    minblperant: int = 4,
+    minsnr: float = 3.0,
+    solnorm: bool = True,
+    fillgaps: int = 0,
+    gaintable: Any = (),
+    interp: Any = "linear",
+    group: str = schema.GROUP_BASE,
+    model_group: str = "setjy",
+    caltable: bool = True,
+) -> None:
+    """Per-channel bandpass (:func:`radflow.cal.bandpass.solve`), table `name`."""
+    common = _solver_common(eb, field, gaintable, "bandpass")
+    try:
+        table = bandpass.solve(
+            **common, spw=spw, solint=solint, combine=combine, refant=refant,
+            minblperant=minblperant, minsnr=minsnr, solnorm=solnorm, fillgaps=fillgaps,
+            interp=interp, group=group, model_group=model_group,
+        )  # fmt: skip
+    except (gain.GaincalError, applycal.ApplyError) as exc:
+        raise ActionError(f"{eb.path}: {exc}") from exc
+    _keep_table(eb, name, table, caltable)
+
+
+@action("fluxscale")
+def fluxscale_action(
+    eb: ExecutionBlock,
+    *,
+    name: str = "flux",
+    caltable: str = "gain",
+    reference: Any = "CALIBRATE_FLUX",
+    transfer: Any = None,
+    refspwmap: Any = None,
+    gainthreshold: float = -1.0,
+    antenna: Any = "",
+    incremental: bool = False,
+    fitorder: int = 1,
+    export: bool = True,
+) -> None:
+    """Flux densities of the transfer calibrators from table `caltable`
+    (:func:`radflow.cal.fluxscale.fluxscale`): the scaled table is `name`; the result (CASA's
+    dictionary) is written to ``<eb>.<name>.json`` after the run."""
+    (table,) = _tables(eb, caltable, "fluxscale")
+    refs = _fields(eb, reference)
+    transfers = _fields(eb, transfer) if transfer else None
+    try:
+        result = fluxscale.fluxscale(
+            table, refs, transfers, refintent=None,
+            transintent=None if transfers else schema.PL_TRANSINTENT_DEFAULT,
+            field_intents=_field_intents(eb), refspwmap=refspwmap, gainthreshold=gainthreshold,
+            antenna=antenna, incremental=incremental, fitorder=fitorder,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ActionError(f"{eb.path}: fluxscale: {exc}") from exc
+    _keep_table(eb, name, dict(result.table), export)
+    eb.solutions[f"fluxscale_{name}"] = result.view
+    if export:
+        key = f"calibration/fluxscale_{name}"
+
+        def write(store_path: Path) -> list[Path]:
+            import json
+
+            from radflow import store
+
+            view = store.load_group(store_path, key)
+            stem = store_path.name.removesuffix(".zarr").removesuffix(".ps")
+            out = store_path.with_name(f"{stem}.{name}.json")
+            out.write_text(json.dumps(fluxscale.result_dict(view), indent=1, default=_plain))
+            return [out]
+
+        eb.exports.append(write)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy values in CASA's dictionaries."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@action("applycal")
+def applycal_action(
+    eb: ExecutionBlock,
+    *,
+    field: Any = None,
+    intent: str = "",
+    gaintable: Any = (),
+    interp: Any = "linear",
+    gainfield: Any = None,
+    spwmap: Any = None,
+    calwt: Any = True,
+    applymode: str = "calflag",
+    group: str = schema.GROUP_BASE,
+    output: str = schema.GROUP_CORRECTED,
+) -> None:
+    """Apply solution tables to the selected partitions (:func:`radflow.cal.apply.apply`);
+    ``gainfield`` entries may be field names or intents (one list per table)."""
+    tables = _tables(eb, gaintable, "applycal")
+    names = _visibility_names(eb, intent=intent, field=_fields(eb, field) if field else None)
+    if not names:
+        raise ActionError(f"{eb.path}: applycal: nothing selected (field={field}, intent={intent})")
+    fields = None
+    if gainfield is not None:
+        fields = [_fields(eb, g) if g else [] for g in gainfield]
+    for name in names:
+        try:
+            ds = applycal.apply(
+                eb.partitions[name], tables, group=group, output=output, interp=interp,
+                spwmap=spwmap, gainfield=fields, calwt=calwt, applymode=applymode,
+            )  # fmt: skip
+        except applycal.ApplyError as exc:
+            raise ActionError(f"{eb.path}: {exc}") from exc
+        eb.update(name, ds, output)

@@ -177,7 +177,8 @@ def solve(
         freqs = gain.spw_frequencies(prep, spw_id)
         num, den = prep.interval_arrays(mine)
         results = dask.delayed(_solve_block, nout=6, pure=True)(
-            num, den, ant1=prep.ant1, ant2=prep.ant2, n_ant=len(prep.names),
+            gain.single_block(num), gain.single_block(den), ant1=prep.ant1, ant2=prep.ant2,
+            n_ant=len(prep.names),
             minblperant=int(minblperant), minsnr=float(minsnr), refants=prep.refant_order,
             solnorm=bool(solnorm), fillgaps=int(fillgaps), names=prep.names,
         )  # fmt: skip

@@ -50,6 +50,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 
 from radflow import schema
 from radflow.cal import apply as applycal
@@ -210,13 +211,33 @@ def _prepared(
     return num, den
 
 
-def _interval_sum(arrays: list[tuple[xr.DataArray, np.ndarray]]) -> xr.DataArray:
-    """Sum over the selected integrations of each piece, and over the pieces (lazy)."""
-    total = None
-    for arr, idx in arrays:
-        part = arr.isel({schema.TIME: idx}).sum(schema.TIME)
-        total = part if total is None else total + part
-    return total
+def _binned_block(x: np.ndarray, *, onehot: np.ndarray, block_info=None) -> np.ndarray:
+    start, stop = block_info[0]["array-location"][0]
+    part = onehot[:, start:stop]
+    return (part @ x.reshape(x.shape[0], -1)).reshape((onehot.shape[0], *x.shape[1:]))
+
+
+def _binned_sum(data: da.Array, onehot: np.ndarray) -> da.Array:
+    """``onehot @ data`` along time (axis 0), chunk by chunk: (n_bins, *rest) lazily, one task
+    per time chunk plus a tree sum (not a task per interval)."""
+    n_bins = onehot.shape[0]
+    n_chunks = len(data.chunks[0])
+    partial = data.map_blocks(
+        _binned_block,
+        onehot=onehot,
+        chunks=((n_bins,) * n_chunks, *data.chunks[1:]),
+        dtype=np.result_type(data.dtype, onehot.dtype),
+    )
+    return partial.reshape((n_chunks, n_bins, *data.shape[1:])).sum(axis=0)
+
+
+def single_block(x: da.Array) -> Delayed:
+    """The one chunk of `x` as a Delayed: handing it to a delayed solver this way keeps the
+    array's graph as it is (passing the array itself makes dask wrap its whole graph in a
+    nested computation, which is slow to optimise and run)."""
+    x = x.rechunk(-1)
+    (block,) = x.to_delayed().ravel()
+    return block
 
 
 # ---- the solver (numpy, all intervals at once) ----
@@ -397,10 +418,16 @@ class Prepared:
     def interval_arrays(self, intervals: list[_Interval]) -> tuple[da.Array, da.Array]:
         """(S, baseline, [frequency,] pol) sums of each interval, one chunk (small)."""
         nums, dens = [], []
-        for iv in intervals:
-            nums.append(_interval_sum([(self.data[n][0], i) for n, i in iv.pieces]).data)
-            dens.append(_interval_sum([(self.data[n][1], i) for n, i in iv.pieces]).data)
-        return da.stack(nums).rechunk(-1), da.stack(dens).rechunk(-1)
+        for name, (num, den) in self.data.items():
+            onehot = np.zeros((len(intervals), num.sizes[schema.TIME]))
+            for k, iv in enumerate(intervals):
+                for piece, idx in iv.pieces:
+                    if piece == name:
+                        onehot[k, idx] = 1.0
+            if onehot.any():
+                nums.append(_binned_sum(num.data, onehot))
+                dens.append(_binned_sum(den.data, onehot))
+        return da.stack(nums).sum(axis=0).rechunk(-1), da.stack(dens).sum(axis=0).rechunk(-1)
 
 
 def select(
@@ -607,7 +634,9 @@ def solve(
             names=names,
         )
         n_rec = 1 if gaintype == schema.CAL_TYPE_T else len(receptors)
-        results = dask.delayed(_solve_block, nout=6, pure=True)(num_arr, den_arr, **kwargs)
+        results = dask.delayed(_solve_block, nout=6, pure=True)(
+            single_block(num_arr), single_block(den_arr), **kwargs
+        )
         shape = (len(mine), len(names), n_rec)
         solved = [
             da.from_delayed(r, shape, dtype=dtype)[:, :, None, :]  # one-channel frequency axis
