@@ -20,7 +20,18 @@ import xarray as xr
 
 from radflow import schema
 from radflow.cal import apply as applycal
-from radflow.cal import bandpass, baseline, fluxscale, gain, jyperk, sdcal, setjy, sky, tsys
+from radflow.cal import (
+    bandpass,
+    baseline,
+    bpoly,
+    fluxscale,
+    gain,
+    jyperk,
+    sdcal,
+    setjy,
+    sky,
+    tsys,
+)
 from radflow.converters.jyperk_csv import read_jyperk_csv
 
 
@@ -455,6 +466,7 @@ def bandpass_action(
     name: str = "bandpass",
     field: Any = "CALIBRATE_BANDPASS",
     spw: Any = None,
+    bandtype: str = "B",
     solint: Any = "inf",
     combine: str = "scan",
     refant: Any = "",
@@ -462,20 +474,37 @@ def bandpass_action(
     minsnr: float = 3.0,
     solnorm: bool = True,
     fillgaps: int = 0,
+    degamp: int = 3,
+    degphase: int = 3,
+    maskcenter: int = 0,
+    maskedge: float = 5.0,
+    visnorm: bool = False,
     gaintable: Any = (),
     interp: Any = "linear",
     group: str = schema.GROUP_BASE,
     model_group: str = "setjy",
     caltable: bool = True,
 ) -> None:
-    """Per-channel bandpass (:func:`radflow.cal.bandpass.solve`), table `name`."""
+    """Bandpass, table `name`: ``bandtype='B'`` per channel (:func:`radflow.cal.bandpass.solve`:
+    minsnr, fillgaps) or ``'BPOLY'`` polynomials (:func:`radflow.cal.bpoly.solve`: degamp,
+    degphase, maskcenter, maskedge, visnorm)."""
     common = _solver_common(eb, field, gaintable, "bandpass")
+    shared = dict(
+        spw=spw, solint=solint, combine=combine, refant=refant, solnorm=solnorm,
+        minblperant=minblperant, interp=interp, group=group, model_group=model_group,
+    )  # fmt: skip
     try:
-        table = bandpass.solve(
-            **common, spw=spw, solint=solint, combine=combine, refant=refant,
-            minblperant=minblperant, minsnr=minsnr, solnorm=solnorm, fillgaps=fillgaps,
-            interp=interp, group=group, model_group=model_group,
-        )  # fmt: skip
+        if bandtype == "B":
+            table = bandpass.solve(**common, **shared, minsnr=minsnr, fillgaps=fillgaps)
+        elif bandtype == "BPOLY":
+            table = bpoly.solve(
+                **common, **shared, degamp=degamp, degphase=degphase, maskcenter=maskcenter,
+                maskedge=maskedge, visnorm=visnorm,
+            )  # fmt: skip
+        else:
+            raise ActionError(
+                f"{eb.path}: bandpass: bandtype must be 'B' or 'BPOLY', got {bandtype!r}"
+            )
     except (gain.GaincalError, applycal.ApplyError) as exc:
         raise ActionError(f"{eb.path}: {exc}") from exc
     _keep_table(eb, name, table, caltable)

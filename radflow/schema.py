@@ -463,3 +463,57 @@ PI_FIELD_ID = "field_id"
 # CASA's setjy return value: {field id: {spw id: {CASA_FS_FLUXD: [I,Q,U,V]}, CASA_FS_FIELD_NAME:
 # name}, CASA_SETJY_FORMAT: text} (the fluxscale dict's key names, above).
 CASA_SETJY_FORMAT = "format"
+
+
+# ---- bpoly (radflow.cal.bpoly) ----
+# A BPOLY solution table is an interferometer solution table (above) with cal_type
+# CAL_TYPE_BPOLY: CALIBRATION_PARAMETER holds the polynomials evaluated on the spw's channels
+# (frequency = the channel frequencies), and the fit itself is kept beside it so that it can be
+# exported: B(nu) = exp(sum_k a_k P_k(x)) exp(i sum_k p_k P_k(x)), P_0 = 1/2, P_k = T_k
+# (Chebyshev, CASA's CLIC convention), x = (2 nu - lo - hi) / (hi - lo) with lo/hi the attrs
+# below (the lowest and highest channel frequency fitted, Hz).
+BPOLY_AMPLITUDE_COEFFICIENT = "amplitude_coefficient"  # dim: k = 0..degamp
+BPOLY_PHASE_COEFFICIENT = "phase_coefficient"  # dim: k = 0..degphase
+# (time, antenna_name, receptor, amplitude_coefficient): a_k of ln|B| (natural log); 0 = flagged
+BPOLY_AMPLITUDE_COEFFICIENTS = "AMPLITUDE_COEFFICIENTS"
+# (time, antenna_name, receptor, phase_coefficient): p_k of arg B (rad); 0 = flagged
+BPOLY_PHASE_COEFFICIENTS = "PHASE_COEFFICIENTS"
+BPOLY_FIT_MASK = "FIT_MASK"  # (frequency,) bool: True = the channel may enter the fit
+BPOLY_ATTR_FREQUENCY_LOW = "bpoly_frequency_low"  # Hz: x = -1
+BPOLY_ATTR_FREQUENCY_HIGH = "bpoly_frequency_high"  # Hz: x = +1
+BPOLY_ATTR_SPWS = "bpoly_spws"  # spw ids fitted together (several with combine='spw')
+BPOLY_ATTR_DEGAMP = "degamp"
+BPOLY_ATTR_DEGPHASE = "degphase"
+BPOLY_ATTR_MASKCENTER = "maskcenter"
+BPOLY_ATTR_MASKEDGE = "maskedge"  # percent of the channels at each edge
+BPOLY_ATTR_VISNORM = "visnorm"
+BPOLY_ATTR_SOLNORM = "solnorm"
+
+
+# ---- runner (radflow.pipeline) ----
+# Root attr of a store a recipe ran on: what ran, on what (hashes), and which calibration groups
+# it wrote, so a re-run can skip (same hashes) or start again from the store without them.
+ATTR_RUN = "radflow_run"
+RUN_RECIPE = "recipe"  # the recipe's name
+RUN_STEPS = "steps"  # [{"step", "params"}], canonical JSON
+RUN_RECIPE_SHA256 = "recipe_sha256"  # of RUN_STEPS
+RUN_INPUTS_SHA256 = "inputs_sha256"  # of the store identity and RUN_INPUT_FILES
+RUN_INPUT_FILES = "input_files"  # {path: sha256} of files named by parameters (jyperk.csv)
+RUN_CALIBRATION_GROUPS = "calibration_groups"  # keys under CALIBRATION_GROUP the run wrote
+RUN_FINISHED_UTC = "finished_utc"
+RUN_RADFLOW_VERSION = "radflow_version"
+# The group holding solutions and per-spectrum tables of a run (calibration/<key>).
+CALIBRATION_GROUP = "calibration"
+# Partition attr: what the last run added to this partition, to undo it before a re-run:
+# {RUN_ADDED_VARIABLES: [names], RUN_ATTRS_BEFORE: {attr: old value}, RUN_ATTRS_ADDED: [attrs]}.
+ATTR_RUN_ADDED = "radflow_run_added"
+RUN_ADDED_VARIABLES = "variables"
+RUN_ATTRS_BEFORE = "attrs_before"
+RUN_ATTRS_ADDED = "attrs_added"
+# Block status in run results and JSON summaries.
+STATUS_DONE = "done"
+STATUS_SKIPPED = "skipped"
+STATUS_FAILED = "failed"
+# Per-EB JSON summary beside the store (<stem>.radflow.json) and the run's summary file name.
+RUN_SUMMARY_SUFFIX = ".radflow.json"
+RUN_SUMMARY_PREFIX = "radflow-run-"

@@ -196,7 +196,7 @@ def correction(
         product = xr.where(flag, 1.0, g1 * np.conj(g2))
         factor = 1.0 / product
         weight_factor = np.abs(product) ** 2
-        if cal_type == schema.CAL_TYPE_B:
+        if cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY):
             weight_factor = weight_factor.mean(schema.FREQUENCY)
     dims = (schema.TIME, bl, schema.FREQUENCY, pol)
     data_dims = [d for d in dims if d in factor.dims]

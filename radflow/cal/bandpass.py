@@ -43,8 +43,7 @@ def _reference(gains: np.ndarray, flag: np.ndarray, order: list[int]) -> tuple[n
     for ant in order:
         choice = np.where((choice < 0) & good[:, ant, :], ant, choice)
     picked = np.take_along_axis(gains, np.maximum(choice, 0)[:, None, :, None], axis=1)
-    phasor = np.where(np.abs(picked) > 0, picked / np.where(picked == 0, 1, np.abs(picked)), 1.0)
-    phasor = np.where((choice >= 0)[:, None, :, None], phasor, 1.0)
+    phasor = np.where((choice >= 0)[:, None, :, None] & (picked != 0), gain.unit_phasor(picked), 1)
     referenced = gains * np.conj(phasor)
     refant = np.full(n_sol, -1)
     for s in range(n_sol):
@@ -58,7 +57,7 @@ def _normalise(gains: np.ndarray, flag: np.ndarray) -> np.ndarray:
     good = ~flag
     count = np.maximum(good.sum(axis=2, keepdims=True), 1)
     power = np.where(good, np.abs(gains) ** 2, 0.0).sum(axis=2, keepdims=True) / count
-    unit = np.where(good & (np.abs(gains) > 0), gains / np.where(gains == 0, 1, np.abs(gains)), 0)
+    unit = np.where(good, gain.unit_phasor(gains), 0)
     phase = np.angle(unit.sum(axis=2, keepdims=True))
     amp = np.sqrt(np.where(power > 0, power, 1.0))
     return gains / (amp * np.exp(1j * phase))
@@ -170,7 +169,7 @@ def solve(
         antenna_positions=antenna_positions, gaintable=gaintable, interp=interp, spwmap=spwmap,
         group=group, model_group=model_group, per_channel=True, where=where,
     )  # fmt: skip
-    intervals = gain._intervals(prep.selected, interval_s, axes)
+    intervals = gain.solution_intervals(prep.selected, interval_s, axes)
     out = {}
     for spw_id in sorted({s for iv in intervals for s in iv.spws}):
         mine = [iv for iv in intervals if spw_id in iv.spws]

@@ -118,7 +118,7 @@ class _Interval:
     pieces: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (partition, indices)
 
 
-def _intervals(
+def solution_intervals(
     parts: Mapping[str, xr.Dataset], solint: float, combine: frozenset[str]
 ) -> list[_Interval]:
     """Solution intervals over the selected partitions, in time order."""
@@ -261,7 +261,7 @@ def _stefcal(vis: np.ndarray, wgt: np.ndarray) -> np.ndarray:
     return gains
 
 
-def _drop_sparse_antennas(wgt: np.ndarray, minblperant: int) -> np.ndarray:
+def drop_sparse_antennas(wgt: np.ndarray, minblperant: int) -> np.ndarray:
     """Zero the weights of antennas with fewer than `minblperant` baselines, repeatedly."""
     wgt = wgt.copy()
     while True:
@@ -298,7 +298,7 @@ def solve_batch(
         vis_m[:, a2, a1] = np.conj(vbar[:, cross, r])
         wgt_m[:, a1, a2] = wgt[:, cross, r]
         wgt_m[:, a2, a1] = wgt[:, cross, r]
-        wgt_m = _drop_sparse_antennas(wgt_m, minblperant)
+        wgt_m = drop_sparse_antennas(wgt_m, minblperant)
         g = _stefcal(vis_m, wgt_m)
         resid = wgt_m * np.abs(vis_m - g[:, :, None] * np.conj(g[:, None, :])) ** 2
         chi2 = 0.5 * resid.sum(axis=(1, 2))  # each baseline appears twice in the matrix
@@ -314,12 +314,18 @@ def solve_batch(
     return gains, error, nvis
 
 
+def unit_phasor(z: np.ndarray) -> np.ndarray:
+    """``z / |z|``, 0 where ``z == 0``."""
+    amp = np.abs(z)
+    return np.divide(z, amp, out=np.zeros_like(z), where=amp > 0)
+
+
 def model_divided(num: np.ndarray, den: np.ndarray, calmode: str) -> np.ndarray:
     """``Vbar = num / den`` (0 without data), as ``Vbar/|Vbar|`` for 'p', ``|Vbar|`` for 'a'."""
     with np.errstate(invalid="ignore", divide="ignore"):
         vbar = np.where(den > 0, num / den, 0.0)
     if calmode == "p":
-        return np.where(np.abs(vbar) > 0, vbar / np.abs(vbar), 0.0)
+        return unit_phasor(vbar)
     if calmode == "a":
         return np.abs(vbar).astype(complex)
     return vbar
@@ -381,7 +387,7 @@ def _solve_block(
                 gains[s] = gains[s] * prev / np.abs(prev)
         refant[s], last, previous = choice, choice, gains[s].copy()
     if calmode == "p":
-        gains = np.where(np.abs(gains) > 0, gains / np.abs(gains), 0.0)
+        gains = unit_phasor(gains)
     elif calmode == "a":
         gains = np.abs(gains).astype(complex)
     if solnorm:
@@ -615,7 +621,7 @@ def solve(
         group=group, model_group=model_group, per_channel=False, where=where,
     )  # fmt: skip
     names, receptors = prep.names, prep.receptors
-    intervals = _intervals(prep.selected, interval_s, axes)
+    intervals = solution_intervals(prep.selected, interval_s, axes)
     out: SolutionTable = {}
     for spw_id in sorted({s for iv in intervals for s in iv.spws}):
         mine = [iv for iv in intervals if spw_id in iv.spws]
