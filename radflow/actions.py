@@ -26,6 +26,7 @@ from radflow.cal import (
     bpoly,
     fluxscale,
     gain,
+    gfluxscale,
     jyperk,
     sdcal,
     setjy,
@@ -390,10 +391,15 @@ def setjy_action(
     spix: Any = 0.0,
     reffreq: Any = None,
     fluxcsv: Any = None,
+    fluxdict: Any = None,
     scalebychan: bool = True,
     output: str = "setjy",
 ) -> None:
     """Model visibilities of the flux calibrator(s) (:func:`radflow.cal.setjy.apply`).
+
+    ``fluxdict`` is a fluxscale result (``<eb>.flux.json`` of an earlier run, with
+    ``standard: fluxscale``): the seed's bootstrap, where the transfer calibrators get the
+    spectrum fluxscale derived.
 
     The model is used by the later solves within the same graph and is not written to the store
     (it is cheap to recompute and as large as the data).
@@ -402,11 +408,15 @@ def setjy_action(
     names = _visibility_names(eb, field=fields)
     if not names:
         raise ActionError(f"{eb.path}: setjy: no visibility data of fields {fields}")
+    if isinstance(fluxdict, str | Path):
+        import json
+
+        fluxdict = json.loads(Path(fluxdict).read_text())
     for name in names:
         eb.partitions[name] = setjy.apply(
             eb.partitions[name], fields, standard=standard, fluxdensity=fluxdensity, spix=spix,
-            reffreq=reffreq, fluxcsv=fluxcsv, ms=eb.source_ms(), scalebychan=scalebychan,
-            output=output,
+            reffreq=reffreq, fluxcsv=fluxcsv, fluxdict=fluxdict, ms=eb.source_ms(),
+            scalebychan=scalebychan, output=output,
         )  # fmt: skip
 
 
@@ -523,14 +533,42 @@ def fluxscale_action(
     antenna: Any = "",
     incremental: bool = False,
     fitorder: int = 1,
+    amp_outlier_sigma: float | None = gfluxscale.AMP_OUTLIER_SIGMA,
+    disk_diameter: float = 0.0,
+    refant: str = "",
+    peak_fraction: float = gfluxscale.PEAK_FRACTION,
     export: bool = True,
 ) -> None:
     """Flux densities of the transfer calibrators from table `caltable`
-    (:func:`radflow.cal.fluxscale.fluxscale`): the scaled table is `name`; the result (CASA's
-    dictionary) is written to ``<eb>.<name>.json`` after the run."""
+    (:func:`radflow.cal.fluxscale.fluxscale`) with the pipeline's hifa_gfluxscale heuristics
+    (:mod:`radflow.cal.gfluxscale`): amplitude outliers beyond `amp_outlier_sigma` (null: off)
+    are flagged first; a resolved flux calibrator (`disk_diameter` > 0, arcsec) uses only the
+    antennas near `refant` where its visibility stays above `peak_fraction`. The scaled table
+    is `name`; CASA's result dictionary goes to ``<eb>.<name>.json`` and a table with the QA
+    scores to ``<eb>.<name>.txt`` after the run."""
     (table,) = _tables(eb, caltable, "fluxscale")
     refs = _fields(eb, reference)
     transfers = _fields(eb, transfer) if transfer else None
+    if amp_outlier_sigma is not None:
+        table, _ = gfluxscale.flag_amplitude_outliers(table, amp_outlier_sigma)
+    if disk_diameter > 0:
+        names = _visibility_names(eb)
+        positions = _antenna_positions(eb, names)
+        if positions is None:
+            raise ActionError(f"{eb.path}: fluxscale: disk_diameter needs antenna positions")
+        first = next(iter(table.values()))
+        ref = refant or str(first[schema.ANTENNA_NAME].values[0])
+        freqs = [float(ds[schema.FREQUENCY].values.mean()) for ds in table.values()]
+        selection = gfluxscale.resolved_calibrator_antennas(
+            gfluxscale.baselines_to_refant(positions, ref), ref,
+            np.radians(disk_diameter / 3600.0), freqs, peak_fraction,
+        )  # fmt: skip
+        if not selection.all_antennas:
+            antenna = selection.antennas
+            eb.notes.append(
+                f"fluxscale: resolved flux calibrator ({disk_diameter} arcsec): "
+                f"{len(antenna)} antennas within {selection.limit_baseline_m:.0f} m of {ref}"
+            )
     try:
         result = fluxscale.fluxscale(
             table, refs, transfers, refintent=None,
@@ -551,12 +589,37 @@ def fluxscale_action(
             from radflow import store
 
             view = store.load_group(store_path, key)
+            result = fluxscale.result_dict(view)
             stem = store_path.name.removesuffix(".zarr").removesuffix(".ps")
             out = store_path.with_name(f"{stem}.{name}.json")
-            out.write_text(json.dumps(fluxscale.result_dict(view), indent=1, default=_plain))
-            return [out]
+            out.write_text(json.dumps(result, indent=1, default=_plain))
+            text = store_path.with_name(f"{stem}.{name}.txt")
+            text.write_text(fluxscale_report(result))
+            return [out, text]
 
         eb.exports.append(write)
+
+
+def fluxscale_report(result: Mapping[str, Any]) -> str:
+    """A plain-text table of a fluxscale result (CASA's dict) with the hifa_gfluxscale QA
+    scores: per transfer field and spw the flux density, error, SNR and spectral index."""
+    qa = gfluxscale.qa_scores(result)
+    lines = [f"{'field':<16}{'spw':>4}{'flux (Jy)':>12}{'error':>10}{'SNR':>8}{'spidx':>8}"]
+    for entry in result.values():
+        if not isinstance(entry, Mapping) or "fieldName" not in entry:
+            continue
+        spidx = entry.get("spidx")
+        index = f"{spidx[1]:8.3f}" if spidx is not None and len(spidx) > 1 else f"{'-':>8}"
+        for spw, value in entry.items():
+            if not spw.isdigit() or value["fluxd"][0] <= 0:
+                continue
+            flux, err = value["fluxd"][0], value["fluxdErr"][0]
+            snr = flux / err if err > 0 else float("inf")
+            lines.append(
+                f"{entry['fieldName']:<16}{spw:>4}{flux:12.4f}{err:10.4f}{snr:8.1f}{index}"
+            )
+    lines.append(f"QA: completeness {qa.completeness:.2f}, SNR {qa.snr:.2f}")
+    return "\n".join(lines) + "\n"
 
 
 def _plain(value: Any) -> Any:

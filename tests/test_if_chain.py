@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 import radflow
 from radflow import schema
+from radflow.actions import ActionError
 from radflow.converters.caltable import read_caltable
 from radflow.converters.msv2_to_store import convert
 from radflow.pipeline import build, load_recipe, run
@@ -108,6 +110,8 @@ def test_tables_are_stored_and_exported_as_casa_caltables(reduced) -> None:
     names = {p.name for p in result.tables}
     for table in ("phaseup", "bandpass", "phase", "amp", "flux"):
         assert f"eb.{table}.cal" in names
+    report = store.with_name("eb.flux.txt").read_text()
+    assert BANDPASS_CAL in report and PHASE_CAL in report and "QA: completeness 1.00" in report
     bp = read_caltable(store.with_name("eb.bandpass.cal"))
     stored = radflow.store.load_group(store, "calibration/bandpass/spw0")
     assert bp[0].attrs[schema.ATTR_CAL_TYPE] == "B"
@@ -119,3 +123,19 @@ def test_tables_are_stored_and_exported_as_casa_caltables(reduced) -> None:
     tree = radflow.open(store)
     groups = tree[next(iter(partitions(tree)))].attrs[schema.ATTR_DATA_GROUPS]
     assert "setjy" not in groups and "corrected" in groups  # the in-graph model is not stored
+
+
+def test_unknown_fields_and_tables_are_named(reduced) -> None:
+    _, store, _ = reduced
+    tree = radflow.open(store)
+    for override, message in [
+        ("gaincal.field=NOWHERE", "no field 'NOWHERE'"),
+        (
+            "setjy.field=CALIBRATE_POINTING",
+            "no field was observed with intent 'CALIBRATE_POINTING'",
+        ),
+        ("fluxscale.caltable=nothing", "gaintable ['nothing'] not solved by an earlier step"),
+    ]:
+        recipe = load_recipe("alma_if", [*MANUAL_FLUX, override])
+        with pytest.raises(ActionError, match=re.escape(message)):
+            build(recipe, store, tree)
