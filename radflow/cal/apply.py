@@ -97,49 +97,71 @@ def _select_fields(solution: xr.Dataset, gainfield: Sequence[str], where: str) -
     return solution.isel({schema.TIME: np.flatnonzero(keep)})
 
 
-def _on_frequencies(values: xr.DataArray, flags: xr.DataArray, freqs: np.ndarray):
-    """Solution values/flags (frequency axis of 1 or of the table's channels) on `freqs`."""
-    sol_freq = np.asarray(values[schema.FREQUENCY].values, dtype=float)
+_KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC = "_knot", "_antenna", "_solution_frequency", "_receptor"
+
+
+def _frequency_weights(sol_freq: np.ndarray, freqs: np.ndarray):
+    """Neighbour indices and weight of each data channel among the solution's channels
+    (linear, nearest beyond the edges); a one-channel solution applies to every channel."""
     if sol_freq.size == 1:
-        return values.isel({schema.FREQUENCY: 0}), flags.isel({schema.FREQUENCY: 0})
+        zeros = np.zeros(1, dtype=int)
+        return zeros, zeros, np.zeros(1)
     order = np.argsort(sol_freq)
     i0, i1, w1 = interp.time_weights(sol_freq[order], freqs, "linear")
-    i0, i1 = order[i0], order[i1]
-    dim = schema.FREQUENCY
-    w = xr.DataArray(w1, dims=dim)
-    v0 = values.isel({dim: i0}).drop_vars(dim)
-    v1 = values.isel({dim: i1}).drop_vars(dim)
-    f0 = flags.isel({dim: i0}).drop_vars(dim)
-    f1 = flags.isel({dim: i1}).drop_vars(dim)
-    return (1 - w) * v0 + w * v1, f0 | (f1 & (w > 0))
+    return order[i0], order[i1], w1
 
 
-def _antenna_values(
-    solution: xr.Dataset, ds: xr.Dataset, interp_method: str, where: str
-) -> tuple[xr.DataArray, xr.DataArray]:
-    """The solution on the data's times and channels: (time, antenna_name, [frequency],
-    receptor) complex gains (or real Tsys) and flags, lazily."""
-    times = coord_values(ds, schema.TIME).astype(float)
-    time_chunks = ds[schema.VISIBILITY].chunksizes.get(schema.TIME, (times.size,))
-    param = solution[schema.CALIBRATION_PARAMETER]
-    flag = solution[schema.FLAG].astype(bool)
-    if np.issubdtype(param.dtype, np.complexfloating):
-        amp = np.abs(param)
-        angle = xr.apply_ufunc(np.angle, param, dask="allowed")
-        axis = param.dims.index(schema.TIME)
-        if isinstance(angle.data, da.Array):
-            unwrapped = angle.data.rechunk({axis: -1}).map_blocks(np.unwrap, axis=axis)
-        else:
-            unwrapped = np.unwrap(angle.data, axis=axis)
-        phase = angle.copy(data=unwrapped)
-        amp_t, flag_t = interp.to_times(amp, flag, times, time_chunks, interp_method)
-        phase_t, _ = interp.to_times(phase, flag, times, time_chunks, interp_method)
-        freqs = coord_values(ds, schema.FREQUENCY).astype(float)
-        amp_f, flag_f = _on_frequencies(amp_t, flag_t, freqs)
-        phase_f, _ = _on_frequencies(phase_t, flag_t, freqs)
-        return amp_f * np.exp(1j * phase_f), flag_f
-    value_t, flag_t = interp.to_times(param, flag, times, time_chunks, interp_method)
-    return _on_frequencies(value_t, flag_t, coord_values(ds, schema.FREQUENCY).astype(float))
+def _correction_block(
+    times: np.ndarray,
+    values: np.ndarray,
+    flags: np.ndarray,
+    *,
+    knots: np.ndarray,
+    method: str,
+    complex_gains: bool,
+    tsys: bool,
+    channel_mean_weight: bool,
+    freq_weights: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    rec1: np.ndarray,
+    rec2: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One data time chunk: the table (knot, antenna, sol. channel, receptor) interpolated in
+    time (amplitude and unwrapped phase) and frequency, then per baseline and correlation the
+    visibility factor, weight factor and flag, (time, baseline, channel, pol)."""
+    t = times.reshape(-1)
+    i0, i1, w1 = interp.time_weights(knots, t, method)
+    w = w1[:, None, None, None]
+    f = flags[i0] | (flags[i1] & (w > 0))
+    if complex_gains:
+        phase = np.unwrap(np.angle(values), axis=0)
+        amp = np.abs(values)
+        amp_t = (1 - w) * amp[i0] + w * amp[i1]
+        phase_t = (1 - w) * phase[i0] + w * phase[i1]
+    else:
+        amp_t = (1 - w) * values[i0] + w * values[i1]
+    c0, c1, wf = freq_weights
+    wf = wf[None, None, :, None]
+    amp_f = (1 - wf) * amp_t[:, :, c0] + wf * amp_t[:, :, c1]
+    f = f[:, :, c0] | (f[:, :, c1] & (wf > 0))
+    if complex_gains:
+        phase_f = (1 - wf) * phase_t[:, :, c0] + wf * phase_t[:, :, c1]
+        g = amp_f * np.exp(1j * phase_f)
+    else:
+        g = amp_f
+    g1 = g[:, ant1][..., rec1]  # (time, baseline, channel, pol)
+    g2 = g[:, ant2][..., rec2]
+    flag = f[:, ant1][..., rec1] | f[:, ant2][..., rec2]
+    # a flagged solution contributes no correction (its values are not meant to be used)
+    if tsys:
+        product = np.where(flag, 1.0, g1 * g2)
+        return np.sqrt(product), 1.0 / product, flag
+    product = np.where(flag, 1.0, g1 * np.conj(g2))
+    weight = np.abs(product) ** 2
+    if channel_mean_weight:
+        weight = np.broadcast_to(weight.mean(axis=2, keepdims=True), weight.shape)
+    return 1.0 / product, weight, flag
 
 
 def correction(
@@ -150,12 +172,16 @@ def correction(
     spwmap: Mapping[int, int] | None = None,
     gainfield: Sequence[str] = (),
 ) -> Correction | None:
-    """The correction one table makes to one visibility partition, lazily.
+    """The correction one table makes to one visibility partition, lazily: one task per data
+    time chunk evaluates it with numpy from the (small) table.
 
     Returns None when the table has no solution for the partition's spw (after `spwmap`) or
-    none for the `gainfield` fields; callers decide whether that is an error.
+    none for the `gainfield` fields; callers decide whether that is an error. One-channel
+    (G, T) tables give factors with a frequency axis of length 1 (they broadcast).
     """
     where = f"applycal: partition {describe_partition(ds)}"
+    if interp_method not in ("linear", "nearest"):
+        raise ApplyError(f"{where}: interp must be 'linear' or 'nearest', got {interp_method!r}")
     spw = _spw_id(ds)
     table_spw = (spwmap or {}).get(spw, spw)
     if table_spw not in table:
@@ -163,48 +189,76 @@ def correction(
     solution = _select_fields(table[table_spw], gainfield, where)
     if solution.sizes[schema.TIME] == 0:
         return None
+    knots = np.asarray(solution[schema.TIME].values, dtype=float)
+    if np.any(np.diff(knots) <= 0):
+        raise ApplyError(f"{where}: the table's solution times are not increasing")
     cal_type = solution.attrs.get(schema.ATTR_CAL_TYPE)
     pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
     first, second = _receptor_index(solution, pols, where)
-    values, flags = _antenna_values(solution, ds, interp_method, where)
-    names = [str(a) for a in values[schema.ANTENNA_NAME].values]
+    names = [str(a) for a in solution[schema.ANTENNA_NAME].values]
     ant1 = coord_values(ds, schema.BASELINE_ANTENNA1_NAME).astype(str)
     ant2 = coord_values(ds, schema.BASELINE_ANTENNA2_NAME).astype(str)
     missing = sorted((set(ant1) | set(ant2)) - set(names))
     if missing:
         raise ApplyError(f"{where}: the {cal_type} table has no antenna(s) {missing}")
     index = {n: k for k, n in enumerate(names)}
-    bl = schema.BASELINE_ID
-    pol = schema.POLARIZATION
-
-    def pick(arr: xr.DataArray, ants: np.ndarray, receptors: list[int]) -> xr.DataArray:
-        out = arr.isel(
-            {
-                schema.ANTENNA_NAME: xr.DataArray([index[a] for a in ants], dims=bl),
-                schema.RECEPTOR: xr.DataArray(receptors, dims=pol),
-            }
-        )
-        return out.drop_vars([schema.ANTENNA_NAME, schema.RECEPTOR], errors="ignore")
-
-    g1, g2 = pick(values, ant1, first), pick(values, ant2, second)
-    flag = pick(flags, ant1, first) | pick(flags, ant2, second)
-    # a flagged solution contributes no correction (its values are not meant to be used)
-    if cal_type == schema.CAL_TYPE_TSYS:
-        product = xr.where(flag, 1.0, g1 * g2)
-        factor, weight_factor = np.sqrt(product), 1.0 / product
-    else:
-        product = xr.where(flag, 1.0, g1 * np.conj(g2))
-        factor = 1.0 / product
-        weight_factor = np.abs(product) ** 2
-        if cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY):
-            weight_factor = weight_factor.mean(schema.FREQUENCY)
-    dims = (schema.TIME, bl, schema.FREQUENCY, pol)
-    data_dims = [d for d in dims if d in factor.dims]
-    return Correction(
-        factor=factor.transpose(*data_dims),
-        weight_factor=weight_factor.transpose(*[d for d in dims if d in weight_factor.dims]),
-        flag=flag.transpose(*[d for d in dims if d in flag.dims]),
+    freqs = coord_values(ds, schema.FREQUENCY).astype(float)
+    sol_freq = np.asarray(solution[schema.FREQUENCY].values, dtype=float)
+    n_out_chan = 1 if sol_freq.size == 1 else freqs.size
+    dims = (schema.TIME, schema.ANTENNA_NAME, schema.FREQUENCY, schema.RECEPTOR)
+    sol_dims = (_KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC)
+    values = solution[schema.CALIBRATION_PARAMETER].transpose(*dims)
+    flags = solution[schema.FLAG].transpose(*dims).astype(bool)
+    values = values.rename(dict(zip(dims, sol_dims, strict=True))).drop_vars(
+        list(solution.coords), errors="ignore"
     )
+    flags = flags.rename(dict(zip(dims, sol_dims, strict=True))).drop_vars(
+        list(solution.coords), errors="ignore"
+    )
+    if values.chunks is not None:
+        values, flags = values.chunk(-1), flags.chunk(-1)
+    complex_gains = np.issubdtype(values.dtype, np.complexfloating)
+    time_chunks = ds[schema.VISIBILITY].chunksizes.get(schema.TIME, (len(ds[schema.TIME]),))
+    target = xr.DataArray(
+        da.from_array(coord_values(ds, schema.TIME).astype(float), chunks=(time_chunks,)),
+        dims=schema.TIME,
+    )
+    out_dims = [schema.BASELINE_ID, schema.FREQUENCY, schema.POLARIZATION]
+    sizes = {schema.BASELINE_ID: ant1.size, schema.FREQUENCY: n_out_chan,
+             schema.POLARIZATION: len(pols)}  # fmt: skip
+    dtype = np.complex128 if complex_gains or cal_type != schema.CAL_TYPE_TSYS else np.float64
+    factor, weight_factor, flag = xr.apply_ufunc(
+        _correction_block,
+        target,
+        values,
+        flags,
+        input_core_dims=[[], list(sol_dims), list(sol_dims)],
+        output_core_dims=[out_dims, out_dims, out_dims],
+        dask="parallelized",
+        dask_gufunc_kwargs={
+            "output_sizes": sizes,
+            "meta": tuple(np.empty((0,) * 4, t) for t in (dtype, np.float64, bool)),
+        },
+        kwargs=dict(
+            knots=knots,
+            method=interp_method,
+            complex_gains=complex_gains,
+            tsys=cal_type == schema.CAL_TYPE_TSYS,
+            channel_mean_weight=cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY),
+            freq_weights=_frequency_weights(sol_freq, freqs),
+            ant1=np.array([index[a] for a in ant1]),
+            ant2=np.array([index[a] for a in ant2]),
+            rec1=np.array(first),
+            rec2=np.array(second),
+        ),
+    )
+    if n_out_chan == 1:  # drop the length-1 axis so that it broadcasts over the channels
+        factor, weight_factor, flag = (
+            x.isel({schema.FREQUENCY: 0}) for x in (factor, weight_factor, flag)
+        )
+    elif cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY):
+        weight_factor = weight_factor.isel({schema.FREQUENCY: 0})
+    return Correction(factor=factor, weight_factor=weight_factor, flag=flag)
 
 
 @register_step("applycal")

@@ -54,7 +54,7 @@ from dask.delayed import Delayed
 
 from radflow import schema
 from radflow.cal import apply as applycal
-from radflow.step import coord_values, get_data_group
+from radflow.step import coord_values, describe_partition, get_data_group
 
 SolutionTable = dict[int, xr.Dataset]
 _SOLUTION = "_solution"  # private dim: solution intervals before they become `time`
@@ -170,6 +170,45 @@ def _parallel_hands(ds: xr.Dataset) -> list[str]:
     return [str(p) for p in coord_values(ds, schema.POLARIZATION) if str(p)[0] == str(p)[-1]]
 
 
+def _prepare_block(
+    vis: np.ndarray,
+    weight: np.ndarray,
+    flag: np.ndarray,
+    *rest: np.ndarray,
+    has_model: bool,
+    pols: np.ndarray,
+    per_channel: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk (time, baseline, channel, pol): prior corrections (factor, weight factor,
+    flag triplets, with or without the channel axis), then ``w V conj(M)`` and
+    ``w |M|^2`` of the parallel hands `pols`, summed over channels unless `per_channel`."""
+    model = rest[0] if has_model else None
+    corrections = rest[1:] if has_model else rest
+    vis = vis.astype(np.complex128)
+    weight = weight.astype(np.float64)
+
+    def on_channels(x: np.ndarray) -> np.ndarray:  # one-channel corrections broadcast
+        return x if x.ndim == vis.ndim else x[..., None, :]
+
+    for k in range(len(corrections) // 3):
+        factor, wfactor, cflag = (on_channels(x) for x in corrections[3 * k : 3 * k + 3])
+        vis = vis * factor
+        weight = weight * wfactor
+        flag = flag | cflag
+    vis, weight, flag = vis[..., pols], weight[..., pols], flag[..., pols]
+    w = np.where(flag, 0.0, weight)
+    if model is not None:
+        model = model[..., pols].astype(np.complex128)
+        num, den = w * vis * np.conj(model), w * np.abs(model) ** 2
+    else:
+        num, den = w * vis, w
+    good = np.isfinite(num) & (den > 0)
+    num, den = np.where(good, num, 0.0), np.where(good, den, 0.0)
+    if not per_channel:
+        num, den = num.sum(axis=-2), den.sum(axis=-2)
+    return num, den
+
+
 def _prepared(
     ds: xr.Dataset,
     group: str,
@@ -179,36 +218,49 @@ def _prepared(
     per_channel: bool,
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Lazy ``sum w V conj(M)`` and ``sum w |M|^2`` over channels (unless `per_channel`), per
-    (time, baseline_id, [frequency,] polarization), parallel hands only."""
+    (time, baseline_id, [frequency,] polarization), parallel hands only: one task per chunk."""
     src = get_data_group(ds, group)
-    data, weight, flag = src.data, src.weight, src.flag
+    freq, pol = schema.FREQUENCY, schema.POLARIZATION
+    inputs = [src.data, src.weight, src.flag]
+    if model_group is not None:
+        inputs.append(get_data_group(ds, model_group).data)
     for k, table in enumerate(prior):
         corr = applycal.correction(
             ds, table, **{key: value[k] for key, value in prior_kwargs.items()}
         )
         if corr is None:
             raise GaincalError(
-                f"gaincal: prior table {k} has no solutions for partition of spw "
-                f"{ds.attrs[schema.ATTR_PARTITION_INFO][schema.PI_SPW_ID]}"
+                f"prior table {k} has no solutions for partition {describe_partition(ds)}"
             )
-        data = data * corr.factor
-        weight = weight * corr.weight_factor
-        flag = flag | corr.flag
-    pols = _parallel_hands(ds)
-    sel = {schema.POLARIZATION: pols}
-    w = xr.where(flag.sel(sel), 0.0, weight.sel(sel).astype(np.float64))
-    vis = data.sel(sel).astype(np.complex128)
-    if model_group is not None:
-        model = get_data_group(ds, model_group).data.sel(sel).astype(np.complex128)
-        num = w * vis * np.conj(model)
-        den = w * np.abs(model) ** 2
-    else:
-        num, den = w * vis, w
-    num = xr.where(np.isfinite(num) & (den > 0), num, 0.0)
-    den = xr.where(np.isfinite(num), den, 0.0)
-    if not per_channel:
-        num, den = num.sum(schema.FREQUENCY), den.sum(schema.FREQUENCY)
-    return num, den
+        inputs += [corr.factor, corr.weight_factor, corr.flag]
+    core = [[d for d in (freq, pol) if d in x.dims] for x in inputs]
+    all_pols = [str(p) for p in coord_values(ds, pol)]
+    hands = _parallel_hands(ds)
+    out_core = [freq, "_hand"] if per_channel else ["_hand"]
+    num, den = xr.apply_ufunc(
+        _prepare_block,
+        *inputs,
+        input_core_dims=core,
+        output_core_dims=[out_core, out_core],
+        dask="parallelized",
+        dask_gufunc_kwargs={
+            "output_sizes": {"_hand": len(hands)},
+            "allow_rechunk": True,
+            # given, not inferred: dask would call the kernel on empty arrays to find out
+            "meta": (
+                np.empty((0,) * (len(out_core) + 2), np.complex128),
+                np.empty((0,) * (len(out_core) + 2), np.float64),
+            ),
+        },  # fmt: skip
+        kwargs=dict(
+            has_model=model_group is not None,
+            pols=np.array([all_pols.index(h) for h in hands]),
+            per_channel=per_channel,
+        ),
+    )
+    num, den = (x.rename({"_hand": pol}).assign_coords({pol: hands}) for x in (num, den))
+    order = [schema.TIME, schema.BASELINE_ID, *([freq] if per_channel else []), pol]
+    return num.transpose(*order), den.transpose(*order)
 
 
 def _binned_block(x: np.ndarray, *, onehot: np.ndarray, block_info=None) -> np.ndarray:
