@@ -386,7 +386,9 @@ def _prepare(spw: int, ds: xr.Dataset, meta: MSMetadata, ms_path: Path) -> _Bloc
     refant_ids = _lookup("reference antenna", _names(refants), meta.antenna_names, where)
     scans = per_time(schema.SCAN_NUMBER, -1).astype(np.int32)
     interval = per_time(schema.SOLUTION_INTERVAL, 0.0).astype(np.float64)
-    mjd = np.asarray(ds[schema.TIME].values, dtype=np.float64) + schema.MJD_UNIX_OFFSET_S
+    # a solver's TIME_CENTROID (the solve-weighted mean time) is what CASA writes as TIME
+    stamps = ds[schema.TIME_CENTROID] if schema.TIME_CENTROID in ds else ds[schema.TIME]
+    mjd = np.asarray(stamps.values, dtype=np.float64) + schema.MJD_UNIX_OFFSET_S
 
     # rows: solutions in time order (stable), antennas in id order
     t_order = np.argsort(mjd, kind="stable")

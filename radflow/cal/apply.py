@@ -5,9 +5,9 @@ For a visibility ``V_ij`` of correlation ``pq`` (receptors p of antenna i, q of 
     G, T, B tables:   V'  = V / (g_ip conj(g_jq))        w' = w |g_ip|^2 |g_jq|^2   (calwt)
     TSYS tables:      V'  = V sqrt(T_ip T_jq)            w' = w / (T_ip T_jq)       (calwt)
 
-With several tables the corrections multiply. For B tables the weight factor is the channel mean
-of ``|g_ip|^2 |g_jq|^2`` (CASA's choice: weights stay smooth across the band). T tables hold one
-gain shared by both receptors.
+With several tables the corrections multiply. For B and BPOLY tables the weight factor is
+``<|B_ip|^2> <|B_jq|^2>``, each the mean over that antenna's unflagged channels (CASA's choice:
+weights stay smooth across the band). T tables hold one gain shared by both receptors.
 
 Interpolation
 -------------
@@ -30,6 +30,7 @@ A solution table is a ``Mapping[int, xr.Dataset]`` keyed by spectral-window id, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -115,8 +116,8 @@ def _correction_block(
     times: np.ndarray,
     values: np.ndarray,
     flags: np.ndarray,
-    *,
     knots: np.ndarray,
+    *,
     method: str,
     complex_gains: bool,
     tsys: bool,
@@ -131,6 +132,9 @@ def _correction_block(
     time (amplitude and unwrapped phase) and frequency, then per baseline and correlation the
     visibility factor, weight factor and flag, (time, baseline, channel, pol)."""
     t = times.reshape(-1)
+    knots = knots.reshape(-1)
+    if np.any(np.diff(knots) <= 0):
+        raise ApplyError(f"applycal: solution times are not increasing: {knots}")
     i0, i1, w1 = interp.time_weights(knots, t, method)
     w = w1[:, None, None, None]
     f = flags[i0] | (flags[i1] & (w > 0))
@@ -158,9 +162,15 @@ def _correction_block(
         product = np.where(flag, 1.0, g1 * g2)
         return np.sqrt(product), 1.0 / product, flag
     product = np.where(flag, 1.0, g1 * np.conj(g2))
-    weight = np.abs(product) ** 2
     if channel_mean_weight:
-        weight = np.broadcast_to(weight.mean(axis=2, keepdims=True), weight.shape)
+        # CASA: per antenna the mean |B|^2 over its unflagged channels (1 when none)
+        power = np.where(f, np.nan, np.abs(g) ** 2)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-flagged: mean of nothing
+            mean = np.nan_to_num(np.nanmean(power, axis=2, keepdims=True), nan=1.0)
+        weight = np.broadcast_to(mean[:, ant1][..., rec1] * mean[:, ant2][..., rec2], flag.shape)
+    else:
+        weight = np.abs(product) ** 2
     return 1.0 / product, weight, flag
 
 
@@ -189,9 +199,23 @@ def correction(
     solution = _select_fields(table[table_spw], gainfield, where)
     if solution.sizes[schema.TIME] == 0:
         return None
-    knots = np.asarray(solution[schema.TIME].values, dtype=float)
-    if np.any(np.diff(knots) <= 0):
-        raise ApplyError(f"{where}: the table's solution times are not increasing")
+    if solution.attrs.get(schema.ATTR_CAL_TYPE) == schema.CAL_TYPE_SWPOW:
+        # switched power (radflow.cal.swpower): V sqrt(C_i C_j) (a TSYS-like table of the scale
+        # factors C), weights w s / (Tsys_i Tsys_j) from its TSYS variable (s: weight scale)
+        as_tsys = {schema.ATTR_CAL_TYPE: schema.CAL_TYPE_TSYS}
+        scale = correction(ds, {spw: solution.assign_attrs(as_tsys)}, interp_method=interp_method)
+        tsys = solution.assign({schema.CALIBRATION_PARAMETER: solution[schema.TSYS]})
+        wt = correction(ds, {spw: tsys.assign_attrs(as_tsys)}, interp_method=interp_method)
+        w_scale = float(solution.attrs.get(schema.SWPOW_ATTR_WEIGHT_SCALE, 1.0))
+        return Correction(scale.factor, wt.weight_factor * w_scale, scale.flag | wt.flag)
+    # CASA's solution times (the solve-weighted mean) where the solver recorded them
+    if schema.TIME_CENTROID in solution:
+        knots = solution[schema.TIME_CENTROID]
+    else:
+        knots = solution[schema.TIME]
+    knots = knots.reset_coords(drop=True).rename({schema.TIME: _KNOT}).astype(float)
+    if knots.chunks is not None:
+        knots = knots.chunk(-1)
     cal_type = solution.attrs.get(schema.ATTR_CAL_TYPE)
     pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
     first, second = _receptor_index(solution, pols, where)
@@ -232,7 +256,8 @@ def correction(
         target,
         values,
         flags,
-        input_core_dims=[[], list(sol_dims), list(sol_dims)],
+        knots,
+        input_core_dims=[[], list(sol_dims), list(sol_dims), [_KNOT]],
         output_core_dims=[out_dims, out_dims, out_dims],
         dask="parallelized",
         dask_gufunc_kwargs={
@@ -240,7 +265,6 @@ def correction(
             "meta": tuple(np.empty((0,) * 4, t) for t in (dtype, np.float64, bool)),
         },
         kwargs=dict(
-            knots=knots,
             method=interp_method,
             complex_gains=complex_gains,
             tsys=cal_type == schema.CAL_TYPE_TSYS,
@@ -340,13 +364,19 @@ def apply(
         if applymode != "calonly":
             flag = flag | corr.flag
     dims = src.data.dims
+    # a switched-power table turns raw correlator data into K, Jy or "1" (radflow.cal.swpower)
+    swpow = [t[s] for t in tables for s in t
+             if t[s].attrs.get(schema.ATTR_CAL_TYPE) == schema.CAL_TYPE_SWPOW]  # fmt: skip
+    if swpow and src.units != schema.UNITS_RAW:
+        raise ApplyError(f"{where}: a switched-power table needs raw data, not {src.units!r}")
+    units = swpow[0].attrs[schema.SWPOW_ATTR_DATA_UNITS] if swpow else src.units
     return add_data_group(
         ds,
         output,
         data=data.transpose(*dims).astype(src.data.dtype),
         flag=flag.transpose(*dims),
         weight=weight.transpose(*dims).astype(src.weight.dtype),
-        units=src.units,
+        units=units,
         description=f"data group {group!r} with {n} solution table(s) applied (step applycal)",
         from_group=group,
     )

@@ -111,7 +111,7 @@ def _solve_block(
         return x.reshape(n_sol, n_chan, n_ant, n_pol).transpose(0, 2, 1, 3)
 
     gains, error, nvis = gain.solve_batch(
-        gain.model_divided(per_channel(num), per_channel(den), "ap"), per_channel(den),
+        *gain.solve_data(per_channel(num), per_channel(den), "ap"),
         ant1=ant1, ant2=ant2, n_ant=n_ant, minblperant=minblperant,
     )  # fmt: skip
     gains, error, nvis = back(gains), back(error), back(nvis)

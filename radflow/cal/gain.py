@@ -9,17 +9,18 @@ Prior tables (``gaintable``) are applied on the fly (:mod:`radflow.cal.apply`). 
 divided by the model, ``V/M`` with weight ``w |M|^2``; summed with those weights over the
 channels and the interval's integrations this is ``Vbar = sum(w V conj(M)) / sum(w |M|^2)``, with
 weight ``W = sum(w |M|^2)``. Without a model data group the model is a 1 Jy point source
-(``M = 1``), as in CASA without MODEL_DATA. ``calmode='p'`` solves ``Vbar/|Vbar|``, ``'a'``
-solves ``|Vbar|``.
+(``M = 1``), as in CASA without MODEL_DATA. ``calmode='p'`` solves ``Vbar/|Vbar|`` with weight
+``W |Vbar|^2`` (as CASA: decorrelated data count less), ``'a'`` solves ``|Vbar|``. For T the
+two hands' data (after that) are combined as their weighted mean.
 
 Solution intervals: ``solint`` ``'inf'`` (the whole scan), ``'int'`` (each integration), or a
 duration (``'30s'``, ``'2min'``, ``'1h'``, or seconds as a number); bins are
 ``floor((t - t0) / solint)`` from the first integration ``t0`` of each scan, broken at scan and
 field boundaries unless ``combine`` holds ``'scan'`` / ``'field'``. With ``'spw'`` in combine the
-spws are solved together and the solution is stored under every combined spw. The solution time
-is the mean time of the interval's integrations (CASA uses the weighted mean of the time
-centroids, which needs the data: radflow keeps solution times known before computing, so that
-applying a table never waits for it).
+spws are solved together and the solution is stored under every combined spw. A solution's
+``time`` coordinate is the mean time of the interval's integrations, known before computing;
+its ``TIME_CENTROID`` is CASA's solution time, the mean weighted by the solve weights (lazy):
+applycal interpolates between the centroids and caltables carry them as TIME.
 
 Solver (per interval and receptor, all intervals at once)
 ---------------------------------------------------------
@@ -372,15 +373,17 @@ def unit_phasor(z: np.ndarray) -> np.ndarray:
     return np.divide(z, amp, out=np.zeros_like(z), where=amp > 0)
 
 
-def model_divided(num: np.ndarray, den: np.ndarray, calmode: str) -> np.ndarray:
-    """``Vbar = num / den`` (0 without data), as ``Vbar/|Vbar|`` for 'p', ``|Vbar|`` for 'a'."""
+def solve_data(num: np.ndarray, den: np.ndarray, calmode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The data a solver fits and its weights: ``Vbar = num / den`` (0 without data) with weight
+    ``den``; for calmode 'p' ``Vbar/|Vbar|`` with weight ``den |Vbar|^2`` (CASA's
+    ``enforceAPonData``: a decorrelated baseline counts less), for 'a' ``|Vbar|``."""
     with np.errstate(invalid="ignore", divide="ignore"):
         vbar = np.where(den > 0, num / den, 0.0)
     if calmode == "p":
-        return unit_phasor(vbar)
+        return unit_phasor(vbar), den * np.abs(vbar) ** 2
     if calmode == "a":
-        return np.abs(vbar).astype(complex)
-    return vbar
+        return np.abs(vbar).astype(complex), den
+    return vbar, den
 
 
 def signal_to_noise(gains: np.ndarray, error: np.ndarray) -> np.ndarray:
@@ -407,13 +410,16 @@ def _solve_block(
 ) -> tuple[np.ndarray, ...]:
     """num, den: (S, baseline, pol) -> gains, error, snr, flag (S, A, R), nvis, refant name
     (S,; "" where none)."""
-    if gaintype == schema.CAL_TYPE_T:  # one gain for both hands: their data add up
-        num, den = num.sum(axis=2, keepdims=True), den.sum(axis=2, keepdims=True)
+    vbar, weight = solve_data(num, den, calmode)
+    if gaintype == schema.CAL_TYPE_T:  # one gain for both hands: the weighted mean of both
+        total = weight.sum(axis=2, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vbar = np.where(total > 0, (weight * vbar).sum(axis=2, keepdims=True) / total, 0)
+        weight = total
     n_sol = num.shape[0]
     gains, error, nvis = solve_batch(
-        model_divided(num, den, calmode), den, ant1=ant1, ant2=ant2, n_ant=n_ant,
-        minblperant=minblperant,
-    )  # fmt: skip
+        vbar, weight, ant1=ant1, ant2=ant2, n_ant=n_ant, minblperant=minblperant
+    )
     snr = signal_to_noise(gains, error)
     flag = (nvis == 0) | ~(snr > minsnr)
 
@@ -486,6 +492,28 @@ class Prepared:
                 nums.append(_binned_sum(num.data, onehot))
                 dens.append(_binned_sum(den.data, onehot))
         return da.stack(nums).sum(axis=0).rechunk(-1), da.stack(dens).sum(axis=0).rechunk(-1)
+
+    def time_centroids(self, intervals: list[_Interval]) -> da.Array:
+        """(S,) the solve-weighted mean time of each interval (unix s; CASA's solution time),
+        lazily; the plain mean time where an interval has no data."""
+        reference = np.array([iv.time for iv in intervals])
+        offsets, weights = [], []
+        for name, (_, den) in self.data.items():
+            times = coord_values(self.selected[name], schema.TIME).astype(float)
+            onehot = np.zeros((len(intervals), times.size))
+            for k, iv in enumerate(intervals):
+                for piece, idx in iv.pieces:
+                    if piece == name:
+                        onehot[k, idx] = 1.0
+            if not onehot.any():
+                continue
+            per_time = den.data.sum(axis=tuple(range(1, den.ndim)))
+            offset = onehot * (times[None, :] - reference[:, None])  # seconds from the mean
+            offsets.append(_binned_sum(per_time, offset))
+            weights.append(_binned_sum(per_time, onehot))
+        offset, weight = da.stack(offsets).sum(axis=0), da.stack(weights).sum(axis=0)
+        shift = da.where(weight > 0, offset / da.where(weight > 0, weight, 1.0), 0.0)
+        return (reference + shift).rechunk(-1)
 
 
 def select(
@@ -754,6 +782,15 @@ def solution_dataset(
                 np.array([iv.span for iv in intervals]),
                 {schema.ATTR_UNITS: "s"},
             ),
+            schema.TIME_CENTROID: (
+                (schema.TIME,),
+                prep.time_centroids(intervals),
+                {
+                    schema.ATTR_UNITS: "s",
+                    "description": "solve-weighted mean time (CASA's "
+                    "solution time; applycal interpolates between these)",
+                },
+            ),  # fmt: skip
         },
         coords={
             schema.TIME: (
