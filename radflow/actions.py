@@ -664,3 +664,58 @@ def applycal_action(
         except applycal.ApplyError as exc:
             raise ActionError(f"{eb.path}: {exc}") from exc
         eb.update(name, ds, output)
+
+
+# ---- switched power (EVLA) ----
+
+
+@action("swpower")
+def swpower_action(
+    eb: ExecutionBlock,
+    *,
+    name: str = "swpower",
+    scale: str = schema.SWPOW_SCALE_KELVIN,
+    spw: Any = None,
+    tcal: Any = None,
+    aperture: Any = None,
+    requantizer: bool = False,
+    casa_constants: bool = False,
+    rho_normalisation: str = "power",
+    outlier_window: int = 0,
+    outlier_nsigma: float = 5.0,
+    interpolate: bool = True,
+    smooth_window: int = 0,
+    smooth_method: str = "mean",
+) -> None:
+    """Switched-power solutions (:func:`radflow.cal.swpower.solve`) for every spw with
+    visibilities (or `spw`), kept as solution table `name` for applycal's ``gaintable``.
+    ``tcal`` (optional): ``{spw: [Tcal per receptor]}`` in K instead of CALDEVICE."""
+    from radflow.cal import swpower
+
+    if spw is None:
+        spws = sorted({int(eb.info(n)[schema.PI_SPW_ID]) for n in _visibility_names(eb)})
+    else:
+        spws = [int(s) for s in ([spw] if isinstance(spw, int | str) else spw)]
+    if not spws:
+        raise ActionError(f"{eb.path}: swpower: no visibility partitions")
+    editing = swpower.Editing(
+        outlier_window=int(outlier_window),
+        outlier_nsigma=float(outlier_nsigma),
+        interpolate=bool(interpolate),
+        smooth_window=int(smooth_window),
+        smooth_method=str(smooth_method),
+    )
+    if isinstance(tcal, Mapping):
+        tcal = {int(k): v for k, v in tcal.items()}
+    table = {}
+    for s in spws:
+        try:
+            table[s] = swpower.solve(
+                eb.tree, s, scale=scale, tcal=tcal, aperture=aperture, editing=editing,
+                requantizer=bool(requantizer), casa_constants=bool(casa_constants),
+                rho_normalisation=rho_normalisation,
+            )  # fmt: skip
+        except swpower.SwPowError as exc:
+            raise ActionError(f"{eb.path}: {exc}") from exc
+    _keep_table(eb, name, table, export=False)
+    eb.notes.append(f"swpower: {name} to {scale} for spws {spws}")

@@ -1,4 +1,4 @@
-"""The ``radflow`` command: convert, info, export, simulate, demo."""
+"""The ``radflow`` command: convert, info, export, simulate, run, demo."""
 
 from __future__ import annotations
 
@@ -111,32 +111,52 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from radflow.cluster import dask_client
+    from radflow import schema
+    from radflow.cluster import dask_client, load_profile
     from radflow.pipeline import load_recipe, run
 
     recipe = load_recipe(args.recipe, args.set or ())
+    profile = load_profile(args.cluster) if args.cluster else None  # validated before any job
     console.print(
         f"recipe [bold]{recipe.name}[/bold] ({recipe.source}): "
         + " -> ".join(s.step for s in recipe.steps)
     )
-    with dask_client(args.scheduler, args.workers) as client:
+    if profile is not None:
+        console.print(f"cluster profile {profile.source} ({profile.kind})")
+    start = time.perf_counter()
+    with dask_client(args.scheduler, args.workers, profile=profile) as client:
         if client is not None:
             console.print(f"Dask dashboard: {client.dashboard_link}")
-        start = time.perf_counter()
-        results = run(recipe, args.stores, client=client, progress=True)
+        results = run(
+            recipe,
+            args.inputs,
+            client=client,
+            progress=not args.no_progress,
+            force=args.force,
+            outdir=args.outdir,
+            summary_dir=args.summary_dir,
+            console=console,
+        )
     table = Table(title=f"radflow run {recipe.name}: {time.perf_counter() - start:.1f} s")
     for c in ("execution block", "status", "time_s", "partitions", "groups", "tables / error"):
         table.add_column(c, overflow="fold")
+    colours = {schema.STATUS_DONE: "green", schema.STATUS_SKIPPED: "cyan"}
     for r in results:
         detail = r.error or ", ".join(str(t) for t in r.tables) or "-"
-        colour = "green" if r.status == "done" else "red"
-        table.add_row(str(r.path), f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}",
+        colour = colours.get(r.status, "red")
+        name = str(r.source) + (f" -> {r.path}" if r.converted else "")
+        table.add_row(name, f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}",
                       str(r.partitions), ", ".join(r.groups), detail)  # fmt: skip
     console.print(table)
     for r in results:
         for note in r.notes:
             console.print(f"  {r.path}: {note}")
-    return 0 if all(r.status == "done" for r in results) else 1
+    if results.summary_path is not None:
+        console.print(f"summary: {results.summary_path}")
+    failed = [r for r in results if r.status == schema.STATUS_FAILED]
+    if failed:
+        console.print(f"[red]{len(failed)} of {len(results)} execution block(s) failed[/red]")
+    return 1 if failed else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -187,16 +207,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("run", help="run a recipe (e.g. alma_sd) over stores as one Dask graph")
+    p = sub.add_parser(
+        "run", help="run a recipe (e.g. alma_sd) over execution blocks on one Dask cluster"
+    )
     p.add_argument("recipe", help="recipe YAML file, or a packaged recipe name (alma_sd)")
-    p.add_argument("stores", nargs="+", help="radflow stores (<name>.ps.zarr)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="EB",
+        help="radflow stores (<name>.ps.zarr) or MeasurementSets (converted in the same run)",
+    )
     p.add_argument(
         "--set", action="append", metavar="STEP.PARAM=VALUE", help="override a recipe parameter"
     )
-    p.add_argument("--scheduler", help="address of a running Dask scheduler")
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--cluster",
+        metavar="PROFILE",
+        help="cluster profile: a YAML file or a packaged name (local, slurm, pbs, kubernetes, "
+        "gateway; see deploy/)",
+    )
+    where.add_argument("--scheduler", help="address of a running Dask scheduler")
+    where.add_argument(
         "--workers", type=int, default=0, help="local Dask cluster of N processes (0: threads)"
     )
+    p.add_argument(
+        "--force", action="store_true", help="run blocks whose outputs are already up to date"
+    )
+    p.add_argument("--outdir", help="where stores converted from MSs go (default: beside the MS)")
+    p.add_argument(
+        "--summary-dir",
+        help="where radflow-run-<time>.json goes (default: --outdir, else the first store's "
+        "directory)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="simulate EBs, convert them on a local Dask cluster, report")

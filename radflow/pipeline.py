@@ -1,4 +1,4 @@
-"""Run a recipe (``graphs/*.yaml``) over one or many execution blocks as one Dask graph.
+"""Run a recipe (``graphs/*.yaml``) over one or many execution blocks (EBs) on one Dask client.
 
 A recipe is data::
 
@@ -10,31 +10,51 @@ A recipe is data::
       - step: baseline
         params: {order: 1}
 
-:func:`run` opens every store, lets each action add lazy steps for every block, then computes all
-writes of all blocks at once (one graph: a progress bar, the Dask dashboard) and swaps each
-block's results into its store atomically (:func:`radflow.store.begin_update`). Data groups go
-into the partitions, solutions and per-spectrum tables into the store's ``calibration`` group,
-and baseline tables beside the store as CASA-style ``.csv`` and ``.txt``.
+:func:`run` takes stores or MeasurementSets. An MS is converted on the fly: its conversion graph
+and the recipe's graph are one graph (the recipe reads the partitions the conversion writes, so
+the result is the same as ``radflow convert`` then ``radflow run``). Every block's graph is
+built first (building computes nothing); then all of them are submitted to the Dask client
+together, one future per write, and each block is sealed and swapped into its store atomically
+(:func:`radflow.store.begin_update`) as soon as its own writes are done. A block whose graph
+cannot be built, or whose computation fails (a solver error, a bad chunk), is reported with its
+error and the other blocks are still written. Without a client (in-process threads) the blocks
+are computed one after another, each block's graph in parallel.
+
+Data groups go into the partitions, solutions and per-spectrum tables into the store's
+``calibration`` group, and baseline tables beside the store as CASA-style ``.csv`` and ``.txt``.
+The store's root attribute ``radflow_run`` records the recipe (steps and parameters) and hashes
+of it and of the inputs (store identity, files named by parameters); a re-run with the same
+hashes and complete outputs skips the block unless ``force``. Otherwise the previous run's
+groups are removed in the update copy first, so the result equals a first run. Each block gets
+``<stem>.radflow.json`` beside its store and the run ``radflow-run-<UTC time>.json``.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
+import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import dask
+import numpy as np
+import xarray as xr
 import yaml
+import zarr
 
+import radflow
 import radflow.store as store
 from radflow import schema
 from radflow.actions import ActionError, ExecutionBlock, get_action, parameters
 
-CALIBRATION_GROUP = "calibration"
+CALIBRATION_GROUP = schema.CALIBRATION_GROUP
 
 
 class RecipeError(ValueError):
@@ -137,23 +157,55 @@ def _apply_override(recipe: Recipe, override: str) -> None:
 class BlockResult:
     """What happened to one execution block."""
 
-    path: Path
-    status: str  # "done" or "failed"
+    path: Path  # the store (for an MS: the store it is converted to)
+    status: str  # schema.STATUS_DONE, STATUS_SKIPPED or STATUS_FAILED
     seconds: float = 0.0
     error: str | None = None
     partitions: int = 0
     groups: list[str] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    source: Path | None = None  # what was given: the store, or the MS
+    converted: bool = False  # the MS was converted in this run
+    build_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    recipe_sha256: str = ""
+    inputs_sha256: str = ""
+    summary: Path | None = None  # <stem>.radflow.json
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "execution_block": str(self.source or self.path),
+            "store": str(self.path),
+            "status": self.status,
+            "error": self.error,
+            "converted": self.converted,
+            "seconds": round(self.seconds, 3),
+            "build_seconds": round(self.build_seconds, 3),
+            "compute_seconds": round(self.compute_seconds, 3),
+            "partitions": self.partitions,
+            "groups": list(self.groups),
+            "tables": [str(t) for t in self.tables],
+            "notes": list(self.notes),
+            schema.RUN_RECIPE_SHA256: self.recipe_sha256,
+            schema.RUN_INPUTS_SHA256: self.inputs_sha256,
+        }
+
+
+class RunResults(list):
+    """The :class:`BlockResult` of every input, in order; ``summary_path`` is the run's JSON."""
+
+    summary_path: Path | None = None
 
 
 def build(recipe: Recipe, path: str | os.PathLike, tree: Any = None) -> ExecutionBlock:
     """Add every recipe step to one store, lazily: nothing is computed.
 
     `tree` is the store opened with :func:`radflow.open` (opened here if not given; opening
-    reads the small metadata, which is the only compute before the run's).
+    reads the small metadata, which is the only compute before the run's). A store a recipe
+    already ran on is seen without that run's results (:func:`base_view`).
     """
-    tree = store.open(path) if tree is None else tree
+    tree = base_view(store.open(path) if tree is None else tree)
     eb = ExecutionBlock(
         path=Path(path),
         tree=tree,
@@ -166,23 +218,199 @@ def build(recipe: Recipe, path: str | os.PathLike, tree: Any = None) -> Executio
     return eb
 
 
+# ---- hashes: what a run ran, on what ----
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-able, order-independent form of parameters and attrs (dict keys become strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_canonical(v) for v in value]
+        return sorted(items, key=json.dumps) if isinstance(value, set | frozenset) else items
+    if isinstance(value, np.ndarray):
+        return _canonical(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _sha256_json(value: Any) -> str:
+    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_files(recipe: Recipe) -> dict[str, str]:
+    """``{parameter value: sha256}`` of every parameter that names an existing file."""
+    files: dict[str, str] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, str | os.PathLike):
+            text = os.fspath(value)
+            looks_like_path = os.sep in text or Path(text).suffix != ""
+            if text and looks_like_path and Path(text).is_file():
+                files[text] = _sha256_file(Path(text))
+        elif isinstance(value, Mapping):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                visit(v)
+
+    for s in recipe.steps:
+        visit(s.params)
+    return files
+
+
+_IDENTITY_ROOT_ATTRS = (schema.ATTR_SOURCE_MS, schema.ATTR_RADFLOW_VERSION)
+
+
+def store_identity(tree: xr.DataTree) -> dict[str, Any]:
+    """What identifies a store's input data, without reading bulk data: the MS it came from
+    (path, rows, columns), the converter's version, and every partition's ``partition_info``
+    and base variables (name, dtype, shape, chunks).
+
+    Taken from the store as converted (see :func:`base_view`), so earlier runs do not change it.
+    """
+    parts = {}
+    for name, node in sorted(store.partitions(tree).items()):
+        ds = node.to_dataset(inherit=False)
+        parts[name] = {
+            "partition_info": ds.attrs.get(schema.ATTR_PARTITION_INFO),
+            "variables": {
+                v: [str(ds[v].dtype), list(ds[v].shape), [list(c) for c in ds[v].chunks or ()]]
+                for v in sorted(map(str, ds.data_vars))
+            },
+        }
+    return {"root": {k: tree.attrs.get(k) for k in _IDENTITY_ROOT_ATTRS}, "partitions": parts}
+
+
+def run_record(recipe: Recipe, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``radflow_run`` root attribute of a store `recipe` runs on (without the finishing
+    keys): the canonical steps and the two hashes the skip decision compares."""
+    steps = _canonical(recipe.as_dict()["steps"])
+    files = input_files(recipe)
+    return {
+        schema.RUN_RECIPE: recipe.name,
+        schema.RUN_STEPS: steps,
+        schema.RUN_RECIPE_SHA256: _sha256_json(steps),
+        schema.RUN_INPUTS_SHA256: _sha256_json({"store": identity, "files": files}),
+        schema.RUN_INPUT_FILES: files,
+    }
+
+
+# ---- a store without the results of an earlier run ----
+
+
+def _restored_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    added = attrs.get(schema.ATTR_RUN_ADDED) or {}
+    drop = {schema.ATTR_RUN_ADDED, *(added.get(schema.RUN_ATTRS_ADDED) or [])}
+    out = {k: v for k, v in attrs.items() if k not in drop}
+    out.update(added.get(schema.RUN_ATTRS_BEFORE) or {})
+    return out
+
+
+def base_view(tree: xr.DataTree) -> xr.DataTree:
+    """`tree` without what an earlier run added (recorded in ``radflow_run`` and each
+    partition's ``radflow_run_added``): what a first run sees. Lazy; reads nothing."""
+    prior = tree.attrs.get(schema.ATTR_RUN) or {}
+    parts = store.partitions(tree)
+    if not prior and not any(schema.ATTR_RUN_ADDED in n.attrs for n in parts.values()):
+        return tree
+    calibration = set(prior.get(schema.RUN_CALIBRATION_GROUPS) or [])
+    nodes: dict[str, xr.Dataset] = {}
+    for node in tree.subtree:
+        rel = node.path.strip("/").split("/")
+        if rel[0] == CALIBRATION_GROUP and len(rel) > 1 and rel[1] in calibration:
+            continue
+        ds = node.to_dataset(inherit=False)
+        if node.path == "/":
+            ds.attrs = {k: v for k, v in ds.attrs.items() if k != schema.ATTR_RUN}
+        elif len(rel) == 1 and rel[0] in parts and schema.ATTR_RUN_ADDED in ds.attrs:
+            added = ds.attrs[schema.ATTR_RUN_ADDED].get(schema.RUN_ADDED_VARIABLES) or []
+            attrs = _restored_attrs(ds.attrs)
+            ds = ds.drop_vars([v for v in added if v in ds.variables])
+            ds.attrs = attrs
+        nodes[node.path] = ds
+    cal = f"/{CALIBRATION_GROUP}"
+    empty = cal in nodes and not nodes[cal].variables and not nodes[cal].attrs
+    if empty and not any(p.startswith(cal + "/") for p in nodes):
+        del nodes[cal]  # the run made it; a first run finds no calibration group
+    return xr.DataTree.from_dict(nodes)
+
+
+def _strip_previous_run(tmp: Path, prior: Mapping[str, Any]) -> None:
+    """Remove an earlier run's results from the update copy `tmp` (arrays, attrs, solution
+    groups) before new ones are written: the copy's chunk files are hard links to the store's,
+    so nothing is ever written over them."""
+    with store.quiet_zarr_spec_warnings():
+        root = zarr.open_group(str(tmp), mode="r+")
+        for _, group in root.groups():
+            added = group.attrs.get(schema.ATTR_RUN_ADDED)
+            if not added:
+                continue
+            for var in added.get(schema.RUN_ADDED_VARIABLES) or []:
+                if var in group:
+                    del group[var]
+            group.attrs.put(_restored_attrs(dict(group.attrs)))
+        if CALIBRATION_GROUP in root:
+            calibration = root[CALIBRATION_GROUP]
+            for key in prior.get(schema.RUN_CALIBRATION_GROUPS) or []:
+                if key in calibration:
+                    del calibration[key]
+            if not list(calibration.keys()) and not dict(calibration.attrs):
+                del root[CALIBRATION_GROUP]
+        attrs = dict(root.attrs)
+        if attrs.pop(schema.ATTR_RUN, None) is not None:
+            root.attrs.put(attrs)
+
+
+# ---- building the writes of one block ----
+
 _ARRAY_ROLES = (schema.ROLE_DATA, schema.ROLE_FLAG, schema.ROLE_WEIGHT)
 
 
 def _writes(eb: ExecutionBlock, tmp: Path) -> list[Any]:
+    """The dask writes of everything the recipe added to `eb`, into the update copy `tmp`.
+
+    Each written partition's attrs get ``radflow_run_added`` (the new variables and the attrs
+    they changed), so a later run can undo exactly this run's additions.
+    """
     writes = []
+    base = {n: node.to_dataset(inherit=False) for n, node in store.partitions(eb.tree).items()}
     for name, groups in eb.new_groups.items():
         ds = eb.partitions[name]
+        before = base[name]
         roles = ds.attrs[schema.ATTR_DATA_GROUPS]
         names = sorted(
             {v for g in groups for r, v in roles[g].items() if r in _ARRAY_ROLES and v in ds}
+            - set(map(str, before.variables))  # shared, unchanged variables are not rewritten
         )
+        attrs = dict(ds.attrs)
         # groups made only for use inside the graph (setjy's model) are not stored: keep the
         # store's own groups and the new ones in the data_groups attribute
-        stored = set(eb.tree[name].attrs.get(schema.ATTR_DATA_GROUPS, {})) | set(groups)
-        attrs = {
-            **ds.attrs,
-            schema.ATTR_DATA_GROUPS: {g: r for g, r in roles.items() if g in stored},
+        stored = set(before.attrs.get(schema.ATTR_DATA_GROUPS, {})) | set(groups)
+        attrs[schema.ATTR_DATA_GROUPS] = {g: r for g, r in roles.items() if g in stored}
+        attrs[schema.ATTR_RUN_ADDED] = {
+            schema.RUN_ADDED_VARIABLES: names,
+            schema.RUN_ATTRS_BEFORE: {
+                k: _canonical(v)
+                for k, v in before.attrs.items()
+                if k in attrs and _canonical(attrs[k]) != _canonical(v)
+            },
+            schema.RUN_ATTRS_ADDED: sorted(k for k in ds.attrs if k not in before.attrs),
         }
         writes.append(store.add_variables(tmp, name, ds[names].assign_attrs(attrs)))
     for key, solution in {**eb.solutions, **eb.tables}.items():
@@ -190,21 +418,390 @@ def _writes(eb: ExecutionBlock, tmp: Path) -> list[Any]:
     return writes
 
 
-def _compute(writes: Sequence[Any], client: Any, progress: bool) -> None:
-    if client is not None:
-        from distributed import progress as dist_progress
+def _open_unsealed(tmp: Path, after: Any) -> xr.DataTree:
+    """The store being converted at `tmp` (its metadata, coordinates and sub-datasets are
+    written when the conversion graph is built), with every bulk array made to wait for the
+    conversion graph `after`: the recipe then reads exactly what the conversion wrote."""
+    from dask.graph_manipulation import bind
 
-        futures = client.compute(list(writes))
-        if progress:
-            dist_progress(futures)
-        client.gather(futures)
-    elif progress:
-        from dask.diagnostics import ProgressBar
+    # Opened through consolidated metadata, as radflow.open opens the finished store: the same
+    # node and variable order, so the recipe's results are the same as on the finished store.
+    # The consolidated copy is dropped again before the writes (as begin_update does).
+    root = tmp / "zarr.json"
+    with store.quiet_zarr_spec_warnings():
+        zarr.consolidate_metadata(str(tmp))
+        opened = xr.open_datatree(tmp, engine="zarr", chunks={}, consolidated=True)
+        tree = store._load_small(opened)
+    meta = json.loads(root.read_text())
+    meta.pop("consolidated_metadata", None)
+    root.write_text(json.dumps(meta))
+    nodes = {}
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        lazy = {
+            v: ds[v].copy(data=bind(ds[v].data, after))
+            for v in ds.data_vars
+            if dask.is_dask_collection(ds[v].data)
+        }
+        nodes[node.path] = ds.assign(lazy) if lazy else ds
+    return xr.DataTree.from_dict(nodes)
 
-        with ProgressBar():
-            dask.compute(*writes)
-    else:
-        dask.compute(*writes)
+
+def _is_ms(path: Path) -> bool:
+    if (path / "zarr.json").exists():
+        return False
+    return (path / "table.dat").exists() or path.name.lower().endswith(".ms")
+
+
+def output_store(ms_path: str | os.PathLike, outdir: str | os.PathLike | None = None) -> Path:
+    """The store an MS input is converted to: ``<name>.ps.zarr`` beside it, or in `outdir`."""
+    from radflow.converters.msv2_to_store import default_store_path
+
+    out = default_store_path(ms_path)
+    return Path(outdir) / out.name if outdir is not None else out
+
+
+def summary_path(store_path: str | os.PathLike) -> Path:
+    """``<dir>/<stem>.radflow.json`` for the store ``<dir>/<stem>.ps.zarr``."""
+    p = Path(store_path)
+    stem = p.name.removesuffix(".zarr").removesuffix(".ps")
+    return p.with_name(stem + schema.RUN_SUMMARY_SUFFIX)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _remove_stale_temporaries(path: Path, result: BlockResult) -> None:
+    """Remove the hidden copies an interrupted run left beside `path` (``.<name>.tmp-*``)."""
+    for stale in sorted(path.parent.glob(f".{path.name}.tmp-*")) + sorted(
+        path.parent.glob(f".{path.name}.old-*")
+    ):
+        shutil.rmtree(stale, ignore_errors=True)
+        result.notes.append(f"removed {stale.name}, left by an interrupted run")
+
+
+def _is_complete(prior: Mapping[str, Any] | None, record: Mapping[str, Any], path: Path) -> dict:
+    """The earlier run's JSON summary if its outputs are complete and were made by the same
+    recipe from the same inputs; otherwise an empty dict."""
+    if not prior:
+        return {}
+    keys = (schema.RUN_RECIPE_SHA256, schema.RUN_INPUTS_SHA256)
+    if any(prior.get(k) != record[k] for k in keys):
+        return {}
+    try:
+        previous = json.loads(summary_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if previous.get("status") != schema.STATUS_DONE or any(
+        previous.get(k) != record[k] for k in keys
+    ):
+        return {}
+    if not all(Path(t).exists() for t in previous.get("tables") or []):
+        return {}
+    return previous
+
+
+@dataclass
+class _Block:
+    """One block on its way through a run."""
+
+    result: BlockResult
+    eb: ExecutionBlock | None = None
+    tmp: Path | None = None
+    pending: Any = None  # converters' PendingStore when the MS is converted in this run
+    writes: list[Any] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    calibration_keys: list[str] = field(default_factory=list)
+    own_summary: bool = True  # write <stem>.radflow.json for this block
+
+    def fail(self, exc: BaseException) -> None:
+        if self.result.error is None:
+            self.result.error = f"{type(exc).__name__}: {exc}"
+
+    def abort(self) -> None:
+        if self.pending is not None:
+            self.pending.abort()
+        elif self.tmp is not None:
+            store.abort_output(self.tmp)
+        self.pending = self.tmp = None
+
+
+def _prepare(
+    recipe: Recipe,
+    given: str | os.PathLike,
+    *,
+    force: bool,
+    outdir: Path | None,
+    convert_options: Any,
+    taken: set[Path],
+) -> _Block:
+    """Open (or start converting) one input and build its writes; never raises."""
+    start = time.perf_counter()
+    source = Path(given)
+    result = BlockResult(path=source, status=schema.STATUS_FAILED, source=source)
+    block = _Block(result)
+    try:
+        if "://" in os.fspath(given):
+            raise ValueError(
+                f"{os.fspath(given)}: object-store URLs are not supported as run inputs yet "
+                "(stores are updated by atomic renames on a POSIX file system); copy the store "
+                "to a local or shared file system"
+            )
+        is_ms = _is_ms(source)
+        path = output_store(source, outdir) if is_ms else source
+        result.path = path
+        resolved = path.resolve()
+        if resolved in taken:
+            block.own_summary = False  # the other block's JSON summary stays
+            raise ValueError(f"{path}: the same store is given twice in one run")
+        taken.add(resolved)
+        pending = None
+        if is_ms:
+            if (path / "zarr.json").exists():
+                result.notes.append(
+                    f"using {path}, converted from {source.name} earlier "
+                    "(radflow convert --overwrite converts again)"
+                )
+            elif not source.exists():
+                raise FileNotFoundError(f"{source}: no such MeasurementSet")
+            else:
+                from radflow.converters.msv2_to_store import prepare
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _remove_stale_temporaries(path, result)
+                pending = prepare(source, path, options=convert_options)
+                block.pending, block.tmp = pending, pending.tmp
+                result.converted = True
+
+        if pending is not None:
+            tree = _open_unsealed(pending.tmp, pending.graph)
+            prior: Mapping[str, Any] = {}
+        else:
+            _remove_stale_temporaries(path, result)
+            tree = store.open(path)
+            prior = tree.attrs.get(schema.ATTR_RUN) or {}
+        base = base_view(tree)
+        block.record = run_record(recipe, store_identity(base))
+        result.recipe_sha256 = block.record[schema.RUN_RECIPE_SHA256]
+        result.inputs_sha256 = block.record[schema.RUN_INPUTS_SHA256]
+        previous = {} if force else _is_complete(prior, block.record, path)
+        if previous:
+            result.status = schema.STATUS_SKIPPED
+            result.partitions = int(previous.get("partitions") or 0)
+            result.groups = list(previous.get("groups") or [])
+            result.tables = [Path(t) for t in previous.get("tables") or []]
+            result.notes.append(
+                "skipped: outputs complete, same recipe and inputs (--force runs it again)"
+            )
+            result.build_seconds = time.perf_counter() - start
+            return block
+        if prior:
+            result.notes.append(
+                "the results of the previous run (recipe "
+                f"{prior.get(schema.RUN_RECIPE)!r}, {prior.get(schema.RUN_FINISHED_UTC)}) are "
+                "replaced" + (" (--force)" if force else " (recipe or inputs changed)")
+            )
+        eb = build(recipe, path, base)
+        if pending is None:
+            block.tmp = store.begin_update(path)
+            _strip_previous_run(block.tmp, prior)
+        block.eb = eb
+        block.calibration_keys = sorted({**eb.solutions, **eb.tables})
+        block.writes = ([pending.graph] if pending is not None else []) + _writes(eb, block.tmp)
+    except Exception as exc:  # one block's bad input must not stop the others
+        block.fail(exc)
+        block.abort()
+        block.writes = []
+    result.build_seconds = time.perf_counter() - start
+    return block
+
+
+# ---- computing: one future per write, all blocks at once ----
+
+
+class _Bars:
+    """Rich progress bars: the whole run and one per block."""
+
+    def __init__(self, blocks: Sequence[_Block], enabled: bool, console: Any = None):
+        self.progress = None
+        if not enabled or not blocks:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.total = self.progress.add_task("[bold]all blocks", total=None)
+        self.tasks = {id(b): self.progress.add_task(b.result.path.name, total=None) for b in blocks}
+        self._counts: dict[int, tuple[int, int]] = {}
+
+    def __enter__(self) -> _Bars:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, block: _Block, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        self._counts[id(block)] = (done, total)
+        self.progress.update(self.tasks[id(block)], completed=done, total=total)
+        self.progress.update(
+            self.total,
+            completed=sum(d for d, _ in self._counts.values()),
+            total=sum(t for _, t in self._counts.values()),
+        )
+
+    def dask_callback(self, block: _Block) -> Any:
+        """A local-scheduler callback advancing `block`'s bar task by task."""
+        from dask.callbacks import Callback
+
+        bars = self
+
+        class _Tasks(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001
+                done = len(state["finished"])
+                total = sum(len(state[k]) for k in ("ready", "waiting", "running")) + done
+                bars.update(block, done, total)
+
+        return _Tasks()
+
+
+def _compute(
+    blocks: Sequence[_Block],
+    client: Any,
+    progress: bool,
+    finalize: Callable[[_Block], None],
+    console: Any = None,
+) -> None:
+    """Compute the writes of every block; call ``finalize(block)`` as soon as a block's own
+    writes are done (or failed: the error is in ``block.result.error``). Errors of one block
+    never stop the others; an error raised from here (the client itself failed) is fatal."""
+    active = [b for b in blocks if b.writes]
+    with _Bars(active, progress, console) as bars, store.quiet_zarr_spec_warnings():
+        if client is None:
+            for b in active:
+                start = time.perf_counter()
+                callback = bars.dask_callback(b) if bars.progress is not None else None
+                try:
+                    if callback is not None:
+                        with callback:
+                            dask.compute(*b.writes)
+                    else:
+                        dask.compute(*b.writes)
+                except Exception as exc:  # this block failed at compute time
+                    b.fail(exc)
+                b.result.compute_seconds = time.perf_counter() - start
+                finalize(b)
+            return
+
+        from distributed import as_completed
+
+        flat = [w for b in active for w in b.writes]
+        start = time.perf_counter()
+        futures = client.compute(flat)
+        owner: dict[Any, _Block] = {}
+        remaining: dict[int, int] = {}
+        it = iter(futures)
+        for b in active:
+            for _ in b.writes:
+                owner[next(it).key] = b
+            remaining[id(b)] = len(b.writes)
+            bars.update(b, 0, len(b.writes))
+        for future in as_completed(futures):
+            b = owner[future.key]
+            if future.status == "error":
+                b.fail(future.exception())
+            elif future.status != "finished":
+                b.fail(RuntimeError(f"a write of {b.result.path} was {future.status}"))
+            remaining[id(b)] -= 1
+            bars.update(b, len(b.writes) - remaining[id(b)], len(b.writes))
+            if remaining[id(b)] == 0:
+                b.result.compute_seconds = time.perf_counter() - start
+                finalize(b)
+        del futures
+
+
+def _now_utc() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _finalize(block: _Block) -> None:
+    """Seal and swap in a computed block, write its tables and its JSON summary; or discard
+    its temporary copy if it failed. Never raises."""
+    with dask.config.set(scheduler="threads"):  # small reads, in the driver
+        _seal(block)
+    block.eb = None
+    block.writes = []
+    _write_block_summary(block.result)
+
+
+def _seal(block: _Block) -> None:
+    from radflow.converters.baseline_table import write_baseline_tables
+
+    result, eb = block.result, block.eb
+    if result.error is None and eb is not None:
+        try:
+            record = {
+                **block.record,
+                schema.RUN_CALIBRATION_GROUPS: block.calibration_keys,
+                schema.RUN_FINISHED_UTC: _now_utc(),
+                schema.RUN_RADFLOW_VERSION: radflow.__version__,
+            }
+            with store.quiet_zarr_spec_warnings():
+                zarr.open_group(str(block.tmp), mode="r+").attrs[schema.ATTR_RUN] = record
+            if block.pending is not None:
+                block.pending.finish()
+            else:
+                store.finish_update(block.tmp, eb.path)
+            block.pending = block.tmp = None
+            result.partitions = len(eb.new_groups)
+            result.groups = sorted({g for gs in eb.new_groups.values() for g in gs})
+            result.notes.extend(eb.notes)
+            if eb.tables:
+                tables = [
+                    store.load_group(eb.path, f"{CALIBRATION_GROUP}/{key}")
+                    for key in sorted(eb.tables)
+                ]
+                stem = eb.path.with_name(eb.path.name.removesuffix(".zarr").removesuffix(".ps"))
+                result.tables = write_baseline_tables(tables, Path(f"{stem}.baseline"))
+            for export in eb.exports:
+                result.tables.extend(export(eb.path))
+            result.status = schema.STATUS_DONE
+        except Exception as exc:
+            block.fail(exc)
+    if result.error is not None:
+        result.status = schema.STATUS_FAILED
+        block.abort()
+    result.seconds = result.build_seconds + result.compute_seconds
+
+
+def _write_block_summary(result: BlockResult) -> None:
+    if not result.path.parent.is_dir() or result.status == schema.STATUS_SKIPPED:
+        return
+    path = summary_path(result.path)
+    try:
+        _write_json(path, {**result.as_dict(), "finished_utc": _now_utc()})
+    except OSError as exc:
+        result.notes.append(f"could not write {path}: {exc}")
+        return
+    result.summary = path
 
 
 def run(
@@ -213,56 +810,120 @@ def run(
     *,
     client: Any = None,
     progress: bool = True,
-) -> list[BlockResult]:
-    """Reduce every store with `recipe` in one Dask computation; write results atomically.
+    force: bool = False,
+    outdir: str | os.PathLike | None = None,
+    convert_options: Any = None,
+    summary_dir: str | os.PathLike | None = None,
+    write_summary: bool = True,
+    console: Any = None,
+) -> RunResults:
+    """Reduce every input with `recipe` on one Dask client; write each block atomically.
 
-    A block whose graph cannot be built (bad input, missing OFF data...) is reported as failed
-    and the others go on. Returns one :class:`BlockResult` per store, in order.
+    Parameters
+    ----------
+    recipe
+        From :func:`load_recipe`.
+    stores
+        radflow stores, or MeasurementSets (converted in the same graph to ``<name>.ps.zarr``
+        beside them or in `outdir`; an MS whose store exists uses that store).
+    client
+        A ``distributed.Client`` (all blocks are submitted together), or None for in-process
+        threads (blocks one after another).
+    progress
+        Rich progress bars: the whole run and one per block.
+    force
+        Run blocks whose outputs are complete and up to date too (they are skipped otherwise).
+    summary_dir
+        Where ``radflow-run-<UTC time>.json`` goes (default: `outdir`, else the directory of the
+        first block's store); ``write_summary=False`` writes none.
+
+    Returns
+    -------
+    RunResults
+        One :class:`BlockResult` per input, in order (status done, skipped or failed); its
+        ``summary_path`` is the run's JSON summary. Blocks that fail (bad input, a solver error
+        while computing) are reported and leave their store as it was; the others are written.
     """
-    from radflow.converters.baseline_table import write_baseline_tables
-
-    results: list[BlockResult] = []
-    pending: list[tuple[BlockResult, ExecutionBlock, Path]] = []
-    writes: list[Any] = []
-    for path in stores:
-        start = time.perf_counter()
-        result = BlockResult(path=Path(path), status="failed")
-        results.append(result)
-        tmp = None
-        try:
-            eb = build(recipe, path)
-            tmp = store.begin_update(path)
-            writes.extend(_writes(eb, tmp))
-        except Exception as exc:  # one block's bad input must not stop the others
-            result.error = f"{type(exc).__name__}: {exc}"
-            if tmp is not None:
-                store.abort_output(tmp)
-            continue
-        result.seconds = time.perf_counter() - start
-        pending.append((result, eb, tmp))
-
-    start = time.perf_counter()
+    started = _now_utc()
+    t0 = time.perf_counter()
+    outdir_path = Path(outdir) if outdir is not None else None
+    taken: set[Path] = set()
+    # Opening stores and building graphs reads only small metadata: the driver reads it itself
+    # (threads), rather than shipping hundreds of tiny reads to the cluster's workers.
+    with dask.config.set(scheduler="threads"):
+        blocks = [
+            _prepare(recipe, s, force=force, outdir=outdir_path,
+                     convert_options=convert_options, taken=taken)
+            for s in stores
+        ]  # fmt: skip
     try:
-        _compute(writes, client, progress)
-    except Exception:
-        for _, _, tmp in pending:
-            store.abort_output(tmp)
+        _compute(blocks, client, progress, _finalize, console)
+    except BaseException:
+        for b in blocks:
+            b.abort()
         raise
-    compute_s = time.perf_counter() - start
-
-    for result, eb, tmp in pending:
-        store.finish_update(tmp, eb.path)
-        result.status = "done"
-        result.seconds += compute_s
-        result.partitions = len(eb.new_groups)
-        result.groups = sorted({g for gs in eb.new_groups.values() for g in gs})
-        result.notes = eb.notes
-        if eb.tables:
-            tables = [
-                store.load_group(eb.path, f"{CALIBRATION_GROUP}/{key}") for key in sorted(eb.tables)
-            ]
-            stem = eb.path.with_name(eb.path.name.removesuffix(".zarr").removesuffix(".ps"))
-            result.tables = write_baseline_tables(tables, Path(f"{stem}.baseline"))
-        for export in eb.exports:
-            result.tables.extend(export(eb.path))
+    for b in blocks:
+        failed = b.result.status == schema.STATUS_FAILED
+        if failed and b.result.summary is None and b.own_summary:
+            _write_block_summary(b.result)  # failed while being prepared
+    results = RunResults(b.result for b in blocks)
+    if write_summary and results:
+        directory = Path(summary_dir or outdir_path or results[0].path.parent)
+        results.summary_path = write_run_summary(
+            recipe, results, directory, started=started, seconds=time.perf_counter() - t0,
+            client=client,
+        )  # fmt: skip
     return results
+
+
+def write_run_summary(
+    recipe: Recipe,
+    results: Sequence[BlockResult],
+    directory: str | os.PathLike,
+    *,
+    started: str,
+    seconds: float,
+    client: Any = None,
+) -> Path | None:
+    """Write ``radflow-run-<UTC time>.json``: the recipe, where it ran, and every block."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    counts = {s: sum(r.status == s for r in results) for s in
+              (schema.STATUS_DONE, schema.STATUS_SKIPPED, schema.STATUS_FAILED)}  # fmt: skip
+    scheduler: dict[str, Any] = {"kind": "threads"}
+    if client is not None:
+        with_info = getattr(client, "scheduler_info", None)
+        workers = len(with_info().get("workers", {})) if with_info else None
+        scheduler = {
+            "kind": "distributed",
+            "address": getattr(client.scheduler, "address", None),
+            "dashboard": getattr(client, "dashboard_link", None),
+            "workers": workers,
+        }
+    steps = _canonical(recipe.as_dict()["steps"])
+    data = {
+        "recipe": recipe.name,
+        "recipe_source": recipe.source,
+        schema.RUN_STEPS: steps,
+        schema.RUN_RECIPE_SHA256: _sha256_json(steps),
+        "started_utc": started,
+        "finished_utc": _now_utc(),
+        "seconds": round(seconds, 3),
+        "scheduler": scheduler,
+        "counts": counts,
+        "blocks": [r.as_dict() for r in results],
+    }
+    # named by when it was written, to the millisecond: names sort in time order
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(when: datetime.datetime) -> Path:
+        stamp = f"{when:%Y%m%dT%H%M%S.%f}"[:-3]  # e.g. 20260101T120000.123
+        return directory / f"{schema.RUN_SUMMARY_PREFIX}{stamp}Z.json"
+
+    path = name(now)
+    while path.exists():
+        now += datetime.timedelta(milliseconds=1)
+        path = name(now)
+    _write_json(path, data)
+    return path

@@ -517,3 +517,31 @@ STATUS_FAILED = "failed"
 # Per-EB JSON summary beside the store (<stem>.radflow.json) and the run's summary file name.
 RUN_SUMMARY_SUFFIX = ".radflow.json"
 RUN_SUMMARY_PREFIX = "radflow-run-"
+
+
+# ---- switched power (radflow.cal.swpower) ----
+# An EVLA switched-power solution is an interferometer solution table (above) with cal_type
+# CAL_TYPE_SWPOW, one frequency (the spw centre, Hz) and receptors R/L (or X/Y).
+# CALIBRATION_PARAMETER is the per-antenna scale factor C_i (applycal: V sqrt(C_i C_j)): to
+# antenna temperature CT = Tcal/Pdiff, to flux density CS = 2 k Tcal/(Pdiff eta Aeff), or to the
+# correlation coefficient CR; TSYS (K) = Tcal Psum/(2 Pdiff) gives the weights,
+# w' = w SWPOW_ATTR_WEIGHT_SCALE / (Tsys_i Tsys_j). Beside them the inputs as used:
+# SWITCHED_DIFF, SWITCHED_SUM (edited), TCAL (K, per antenna and receptor), REQUANTIZER_GAIN.
+CAL_TYPE_SWPOW = "SWPOW"
+SWPOW_EDITED_DIFF = "EDITED_SWITCHED_DIFF"  # bool (time, antenna, receptor): Pdiff replaced
+SWPOW_EDITED_SUM = "EDITED_SWITCHED_SUM"  # bool: Psum sample flagged by editing and replaced
+SWPOW_SCALE_KELVIN = "K"  # CT: visibilities in K (antenna temperature)
+SWPOW_SCALE_JANSKY = "Jy"  # CS: visibilities in Jy
+SWPOW_SCALE_RHO = "rho"  # CR: correlation coefficients (units UNITS_RATIO)
+SWPOW_SCALES = (SWPOW_SCALE_KELVIN, SWPOW_SCALE_JANSKY, SWPOW_SCALE_RHO)
+SWPOW_ATTR_SCALE = "swpow_scale"  # one of SWPOW_SCALES
+SWPOW_ATTR_DATA_UNITS = "swpow_data_units"  # units of the data after applying: K, Jy or "1"
+SWPOW_ATTR_WEIGHT_SCALE = "swpow_weight_scale"  # 1, or CASA's correlator efficiency squared
+SWPOW_ATTR_CASA_CONSTANTS = "swpow_casa_constants"  # bool: CASA's 0.932 and 1.176 applied
+SWPOW_ATTR_REQUANTIZER = "swpow_requantizer"  # bool: data divided by q_i q_j
+SWPOW_ATTR_APERTURE = "swpow_aperture"  # {"band", "efficiency", "area_m2"} (scale Jy)
+SWPOW_ATTR_EDITING = "swpow_editing"  # {parameter: value} of the Pdiff/Psum editing done
+SWPOW_ATTR_TCAL_SOURCE = "swpow_tcal_source"  # "CALDEVICE" or "table (linear in frequency)"
+SWPOW_ATTR_RHO_NORMALISATION = "swpow_rho_normalisation"  # "power" or "noise_diode"
+SWPOW_CORRELATOR_EFFICIENCY = 0.932  # CASA EVLASwPow correff_ (WIDAR, 4-bit)
+SWPOW_FRINGE_ROTATION_SCALE = 1.176  # CASA EVLASwPow frgrotscale_

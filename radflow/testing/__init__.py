@@ -4,6 +4,7 @@ test their own reductions with them), and small in-memory datasets for unit test
 from ._layout import SimulatedEB
 from .interferometer import integrations_for_size, simulate_interferometer
 from .single_dish import simulate_single_dish
+from .vla_switched_power import simulate_vla_switched_power as simulate_vla_switched_power
 
 __all__ = [
     "SimulatedEB",
