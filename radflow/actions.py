@@ -545,7 +545,7 @@ def fluxscale_action(
     are flagged first; a resolved flux calibrator (`disk_diameter` > 0, arcsec) uses only the
     antennas near `refant` where its visibility stays above `peak_fraction`. The scaled table
     is `name`; CASA's result dictionary goes to ``<eb>.<name>.json`` and a table with the QA
-    scores to ``<eb>.<name>.txt`` after the run."""
+    scores to ``<eb>.<name>.fluxscale.txt`` after the run (``radflow run`` prints it)."""
     (table,) = _tables(eb, caltable, "fluxscale")
     refs = _fields(eb, reference)
     transfers = _fields(eb, transfer) if transfer else None
@@ -593,11 +593,14 @@ def fluxscale_action(
             stem = store_path.name.removesuffix(".zarr").removesuffix(".ps")
             out = store_path.with_name(f"{stem}.{name}.json")
             out.write_text(json.dumps(result, indent=1, default=_plain))
-            text = store_path.with_name(f"{stem}.{name}.txt")
+            text = store_path.with_name(f"{stem}.{name}{FLUXSCALE_REPORT_SUFFIX}")
             text.write_text(fluxscale_report(result))
             return [out, text]
 
         eb.exports.append(write)
+
+
+FLUXSCALE_REPORT_SUFFIX = ".fluxscale.txt"
 
 
 def fluxscale_report(result: Mapping[str, Any]) -> str:

@@ -112,6 +112,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from radflow import schema
+    from radflow.actions import FLUXSCALE_REPORT_SUFFIX
     from radflow.cluster import dask_client, load_profile
     from radflow.pipeline import load_recipe, run
 
@@ -151,6 +152,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for r in results:
         for note in r.notes:
             console.print(f"  {r.path}: {note}")
+        for path in r.tables:
+            if str(path).endswith(FLUXSCALE_REPORT_SUFFIX):
+                console.print(f"fluxscale of {r.path}:\n{Path(path).read_text()}")
     if results.summary_path is not None:
         console.print(f"summary: {results.summary_path}")
     failed = [r for r in results if r.status == schema.STATUS_FAILED]

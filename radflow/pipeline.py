@@ -430,8 +430,7 @@ def _open_unsealed(tmp: Path, after: Any) -> xr.DataTree:
     root = tmp / "zarr.json"
     with store.quiet_zarr_spec_warnings():
         zarr.consolidate_metadata(str(tmp))
-        opened = xr.open_datatree(tmp, engine="zarr", chunks={}, consolidated=True)
-        tree = store._load_small(opened)
+        tree = store.open_tree(tmp)
     meta = json.loads(root.read_text())
     meta.pop("consolidated_metadata", None)
     root.write_text(json.dumps(meta))

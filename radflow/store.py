@@ -103,7 +103,7 @@ def open(path: str | os.PathLike) -> xr.DataTree:  # noqa: A001 - the public nam
     if not (p / "zarr.json").exists():
         raise StoreError(f"{p}: not a zarr store (no zarr.json); an interrupted write?")
     try:
-        tree = xr.open_datatree(p, engine="zarr", chunks={}, consolidated=True)
+        tree = open_tree(p)
     except Exception as exc:  # zarr raises several types for a truncated store
         raise StoreError(f"{p}: cannot be opened as a radflow store: {exc}") from exc
     if tree.attrs.get(schema.ATTR_TYPE) != schema.TYPE_PROCESSING_SET:
@@ -111,28 +111,46 @@ def open(path: str | os.PathLike) -> xr.DataTree:  # noqa: A001 - the public nam
             f"{p}: not a complete radflow store (root attribute type="
             f"{tree.attrs.get(schema.ATTR_TYPE)!r}, expected {schema.TYPE_PROCESSING_SET!r})"
         )
-    return _load_small(tree)
+    return tree
 
 
-def _load_small(tree: xr.DataTree) -> xr.DataTree:
-    """Bring coordinates, and whole sub-datasets, into memory; bulk data stays lazy.
+def open_tree(path: str | os.PathLike) -> xr.DataTree:
+    """Open the zarr DataTree at `path` (complete or not) the way :func:`open` does.
 
-    Steps may read time stamps, names and intents eagerly only from in-memory coordinates, and
-    sub-datasets (antennas, Tsys spectra, pointing) are small next to the visibilities. All of
-    it is read in one dask computation: a store has hundreds of small groups, and a computation
-    per group cost more in scheduling than in reading.
+    Coordinates, and whole sub-datasets (antennas, Tsys spectra, pointing: small next to the
+    visibilities), are read into memory; steps may read time stamps, names and intents eagerly
+    only from them. Bulk variables become dask arrays with the zarr chunks. A store has
+    hundreds of small groups: xarray's own dask wrapping and index building per group cost far
+    more than reading them, so both are done here directly (named by the store's path and
+    modification time, so the same store always gives the same graph keys).
     """
-    nodes = {node.path: node.to_dataset(inherit=False) for node in tree.subtree}
-    bulk = {
-        p
-        for p, ds in nodes.items()
-        if ds.attrs.get(schema.ATTR_TYPE, _LAZY_TYPES[0]) in _LAZY_TYPES
-    }
-    wanted = {p: ds.coords.to_dataset() if p in bulk else ds for p, ds in nodes.items()}
-    (loaded,) = dask.compute(wanted)
-    return xr.DataTree.from_dict(
-        {p: nodes[p].assign_coords(ds.coords) if p in bulk else ds for p, ds in loaded.items()}
-    )
+    p = Path(path)
+    with quiet_zarr_spec_warnings():
+        raw = xr.open_datatree(
+            p, engine="zarr", chunks=None, consolidated=True, create_default_indexes=False
+        )
+    token = dask.base.tokenize(str(p.resolve()), (p / "zarr.json").stat().st_mtime_ns)
+    datasets = {node.path: node.to_dataset(inherit=False) for node in raw.subtree}
+    bulk = {k for k, ds in datasets.items() if ds.attrs.get(schema.ATTR_TYPE, "") in _LAZY_TYPES
+            or not ds.attrs.get(schema.ATTR_TYPE)}  # fmt: skip
+    nodes = {}
+    for path, ds in datasets.items():
+        coords = {k: v.variable.load() for k, v in ds.coords.items()}
+        if path in bulk:
+            data = {k: v.variable for k, v in ds.data_vars.items()}
+            chunks: dict[str, int] = {}
+            for v in data.values():
+                for dim, size in (v.encoding.get("preferred_chunks") or {}).items():
+                    chunks.setdefault(dim, size)
+            # chunked before the coordinates join, which stay in memory
+            out = xr.Dataset(data, attrs=ds.attrs)
+            out = out.chunk(chunks, name_prefix=f"radflow-{path}-", token=token)
+            out = out.assign_coords(coords)
+        else:
+            data = {k: v.variable.load() for k, v in ds.data_vars.items()}
+            out = xr.Dataset(data, coords=coords, attrs=ds.attrs)
+        nodes[path] = out
+    return xr.DataTree.from_dict(nodes)
 
 
 # Datasets whose variables can be as large as the data: only their coordinates are loaded.

@@ -110,7 +110,7 @@ def test_tables_are_stored_and_exported_as_casa_caltables(reduced) -> None:
     names = {p.name for p in result.tables}
     for table in ("phaseup", "bandpass", "phase", "amp", "flux"):
         assert f"eb.{table}.cal" in names
-    report = store.with_name("eb.flux.txt").read_text()
+    report = store.with_name("eb.flux.fluxscale.txt").read_text()
     assert BANDPASS_CAL in report and PHASE_CAL in report and "QA: completeness 1.00" in report
     bp = read_caltable(store.with_name("eb.bandpass.cal"))
     stored = radflow.store.load_group(store, "calibration/bandpass/spw0")
