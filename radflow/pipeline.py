@@ -143,11 +143,17 @@ def _apply_override(recipe: Recipe, override: str) -> None:
     step_name, dot, param = key.strip().partition(".")
     if not sep or not dot or not param:
         raise RecipeError(f"--set {override!r}: expected STEP.PARAM=VALUE (e.g. baseline.order=2)")
-    matches = [s for s in recipe.steps if s.step == step_name]
+    # a step's own name (its `name` parameter, e.g. the table a gaincal makes) picks that step
+    # alone; a step type (gaincal) sets the parameter in every step of that type
+    matches = [s for s in recipe.steps if s.params.get("name") == step_name]
+    matches = matches or [s for s in recipe.steps if s.step == step_name]
     if not matches:
+        named = [f"{s.params['name']} ({s.step})" for s in recipe.steps if "name" in s.params]
         raise RecipeError(
             f"--set {override!r}: the recipe has no step {step_name!r} "
-            f"(steps: {', '.join(s.step for s in recipe.steps)})"
+            f"(steps: {', '.join(s.step for s in recipe.steps)}"
+            + (f"; named: {', '.join(named)}" if named else "")
+            + ")"
         )
     for s in matches:
         s.params[param] = yaml.safe_load(value)

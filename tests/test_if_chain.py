@@ -13,7 +13,7 @@ from radflow import schema
 from radflow.actions import ActionError
 from radflow.converters.caltable import read_caltable
 from radflow.converters.msv2_to_store import convert
-from radflow.pipeline import build, load_recipe, run
+from radflow.pipeline import RecipeError, build, load_recipe, run
 from radflow.store import partitions
 from radflow.testing import simulate_interferometer
 from radflow.testing.interferometer import FIELDS
@@ -139,3 +139,13 @@ def test_unknown_fields_and_tables_are_named(reduced) -> None:
         recipe = load_recipe("alma_if", [*MANUAL_FLUX, override])
         with pytest.raises(ActionError, match=re.escape(message)):
             build(recipe, store, tree)
+
+
+def test_set_addresses_a_named_step_or_every_step_of_a_type() -> None:
+    recipe = load_recipe("alma_if", ["amp.solint=60s", "gaincal.minsnr=2"])
+    gaincals = {s.params["name"]: s.params for s in recipe.steps if s.step == "gaincal"}
+    assert gaincals["amp"]["solint"] == "60s"
+    assert gaincals["phase"]["solint"] == "int" and gaincals["phaseup"]["solint"] == "int"
+    assert {p["minsnr"] for p in gaincals.values()} == {2}
+    with pytest.raises(RecipeError, match=r"named: phaseup \(gaincal\)"):
+        load_recipe("alma_if", ["nope.solint=1"])
