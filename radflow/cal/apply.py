@@ -154,6 +154,8 @@ def _correction_block(
         g = amp_f * np.exp(1j * phase_f)
     else:
         g = amp_f
+    # single precision from here on, as the data (and CASA): halves the per-baseline arrays
+    g = g.astype(np.complex64 if complex_gains else np.float32)
     g1 = g[:, ant1][..., rec1]  # (time, baseline, channel, pol)
     g2 = g[:, ant2][..., rec2]
     flag = f[:, ant1][..., rec1] | f[:, ant2][..., rec2]
@@ -250,7 +252,7 @@ def correction(
     out_dims = [schema.BASELINE_ID, schema.FREQUENCY, schema.POLARIZATION]
     sizes = {schema.BASELINE_ID: ant1.size, schema.FREQUENCY: n_out_chan,
              schema.POLARIZATION: len(pols)}  # fmt: skip
-    dtype = np.complex128 if complex_gains or cal_type != schema.CAL_TYPE_TSYS else np.float64
+    dtype = np.complex64 if complex_gains else np.float32
     factor, weight_factor, flag = xr.apply_ufunc(
         _correction_block,
         target,
@@ -262,7 +264,7 @@ def correction(
         dask="parallelized",
         dask_gufunc_kwargs={
             "output_sizes": sizes,
-            "meta": tuple(np.empty((0,) * 4, t) for t in (dtype, np.float64, bool)),
+            "meta": tuple(np.empty((0,) * 4, t) for t in (dtype, np.float32, bool)),
         },
         kwargs=dict(
             method=interp_method,

@@ -185,8 +185,9 @@ def _prepare_block(
     ``w |M|^2`` of the parallel hands `pols`, summed over channels unless `per_channel`."""
     model = rest[0] if has_model else None
     corrections = rest[1:] if has_model else rest
-    vis = vis.astype(np.complex128)
-    weight = weight.astype(np.float64)
+    # elementwise in the data's single precision, sums in double
+    vis = vis.astype(np.complex64)
+    weight = weight.astype(np.float32)
 
     def on_channels(x: np.ndarray) -> np.ndarray:  # one-channel corrections broadcast
         return x if x.ndim == vis.ndim else x[..., None, :]
@@ -199,15 +200,15 @@ def _prepare_block(
     vis, weight, flag = vis[..., pols], weight[..., pols], flag[..., pols]
     w = np.where(flag, 0.0, weight)
     if model is not None:
-        model = model[..., pols].astype(np.complex128)
+        model = model[..., pols].astype(np.complex64)
         num, den = w * vis * np.conj(model), w * np.abs(model) ** 2
     else:
         num, den = w * vis, w
     good = np.isfinite(num) & (den > 0)
     num, den = np.where(good, num, 0.0), np.where(good, den, 0.0)
     if not per_channel:
-        num, den = num.sum(axis=-2), den.sum(axis=-2)
-    return num, den
+        return num.sum(axis=-2, dtype=np.complex128), den.sum(axis=-2, dtype=np.float64)
+    return num.astype(np.complex128), den.astype(np.float64)
 
 
 def _prepared(
