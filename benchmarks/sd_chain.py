@@ -52,22 +52,26 @@ python, which has neither radflow nor psutil).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
-from _common import dir_bytes, median, peak_rss_bytes, tail, warm_cache
+from _common import (
+    Result,
+    casa_available,
+    combine_runs,
+    dir_bytes,
+    fmt_table,
+    launch,
+    machine_lines,
+    remove_paths,
+    report,
+    warm_cache,
+)
 
-RESULT_TAG = "RADFLOW_BENCH_RESULT "
 HERE = Path(__file__).resolve().parent
 CASA_PYTHON = "/work/casa-venv/bin/python"
 ON_INTENT = "OBSERVE_TARGET#ON_SOURCE"
@@ -119,12 +123,6 @@ def target_scans_for(size_gb: float) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _report(**result: object) -> None:
-    result["vmhwm"] = peak_rss_bytes()
-    sys.stdout.flush()
-    print(RESULT_TAG + json.dumps(result), flush=True)
-
-
 def child_simulate(ms: str, n_target_scans: int) -> None:
     """Write the EB; report its FLOAT_DATA bytes (read back from the MS)."""
     import numpy as np
@@ -144,7 +142,7 @@ def child_simulate(ms: str, n_target_scans: int) -> None:
         nrows = t.nrows()
         npol = t.getcell("FLOAT_DATA", 0).shape[-1]  # python-casacore: (chan, pol)
     float_bytes = int(np.sum(nchan[dd_spw[ddid]].astype(np.int64))) * npol * 4
-    _report(seconds=seconds, float_bytes=float_bytes, rows=nrows)
+    report(seconds=seconds, float_bytes=float_bytes, rows=nrows)
 
 
 def child_convert(ms: str, out: str) -> None:
@@ -152,7 +150,7 @@ def child_convert(ms: str, out: str) -> None:
 
     t0 = time.perf_counter()
     convert(ms, out, overwrite=True)
-    _report(work_s=time.perf_counter() - t0)
+    report(work_s=time.perf_counter() - t0)
 
 
 def child_radflow(store: str, workers: int) -> None:
@@ -169,7 +167,7 @@ def child_radflow(store: str, workers: int) -> None:
     bad = [f"{r.path}: {r.error}" for r in results if r.status != "done"]
     if bad:
         raise SystemExit("radflow run failed: " + "; ".join(bad))
-    _report(import_s=t1 - t0, work_s=t2 - t1, groups=results[0].groups)
+    report(import_s=t1 - t0, work_s=t2 - t1, groups=results[0].groups)
 
 
 def child_casa(ms: str) -> None:
@@ -197,86 +195,12 @@ def child_casa(ms: str) -> None:
         **CASA_BASELINE,
     )
     t3 = time.perf_counter()
-    _report(import_s=t1 - t0, work_s=t3 - t1, sdcal_s=t2 - t1, sdbaseline_s=t3 - t2)
+    report(import_s=t1 - t0, work_s=t3 - t1, sdcal_s=t2 - t1, sdbaseline_s=t3 - t2)
 
 
 # ---------------------------------------------------------------------------------------------
 # Parent side.
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    contender: str
-    size_gb: float
-    ok: bool
-    wall_s: float = float("nan")
-    work_s: float = float("nan")
-    peak_rss: int = 0
-    error: str = ""
-    notes: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-
-
-def launch(
-    cmd: list[str], log: Path, timeout: float, poll: float, cwd: Path | None = None
-) -> tuple[dict | None, str, float, int]:
-    """Run `cmd`; return (its result payload or None, error text, wall s, peak tree RSS bytes).
-
-    The RSS of the child and all its descendants is summed every `poll` seconds.
-    """
-    import psutil
-
-    t0 = time.perf_counter()
-    with open(log, "w") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=cwd)
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            root = None
-        peak = 0
-        timed_out = False
-        while proc.poll() is None:
-            if time.perf_counter() - t0 > timeout:
-                timed_out = True
-                for p in _tree(root):
-                    with contextlib.suppress(psutil.Error):
-                        p.kill()
-                proc.wait()
-                break
-            total = 0
-            for p in _tree(root):
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            peak = max(peak, total)
-            time.sleep(poll)
-    wall = time.perf_counter() - t0
-    text = log.read_text()
-    payload = None
-    for line in text.splitlines():
-        if line.startswith(RESULT_TAG):
-            payload = json.loads(line[len(RESULT_TAG) :])
-    if timed_out:
-        return None, f"timed out after {timeout:.0f} s", wall, peak
-    if proc.returncode != 0 or payload is None:
-        why = f"exit status {proc.returncode}"
-        if proc.returncode == -9:
-            why += " (killed: out of memory?)"
-        return None, f"{why}\n{tail(text, 8)}", wall, peak
-    return payload, "", wall, max(peak, int(payload.get("vmhwm", 0)))
-
-
-def _tree(root) -> list:
-    if root is None:
-        return []
-    import psutil
-
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 def this(*args: str) -> list[str]:
@@ -373,11 +297,7 @@ def run_contender(
         # CASA writes its casa-*.log into the working directory: keep it in the workdir.
         payload, err, wall, peak = launch(cmd, log, args.timeout, args.poll, cwd=workdir)
         if not args.keep:
-            for p in cleanup:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+            remove_paths(cleanup)
         if payload is None:
             print(f"    {contender} failed: {err}  (log: {log})")
             return Result(contender, size_gb, ok=False, wall_s=wall, peak_rss=peak, error=err)
@@ -392,83 +312,7 @@ def run_contender(
             flush=True,
         )
         runs.append(res)
-    best = runs[0]
-    if len(runs) > 1:
-        best.wall_s = median([r.wall_s for r in runs])
-        best.work_s = median([r.work_s for r in runs])
-        best.peak_rss = max(r.peak_rss for r in runs)
-        best.notes.append("wall s of the runs: " + ", ".join(f"{r.wall_s:.1f}" for r in runs))
-    return best
-
-
-def casa_available(python: str) -> tuple[bool, str]:
-    if python in ("", "none") or not Path(python).exists():
-        return False, f"{python or '(none)'} not found"
-    try:
-        proc = subprocess.run(
-            [python, "-c", "import casatasks, casatools; print(casatools.version_string())"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except subprocess.TimeoutExpired:
-        return False, "importing casatasks timed out"
-    if proc.returncode != 0:
-        return False, "casatasks does not import: " + tail(proc.stderr, 1)
-    return True, proc.stdout.strip().splitlines()[-1]
-
-
-def installed(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_lines() -> list[str]:
-    ncpu = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else ncpu
-    mem, model = "?", platform.processor() or "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) * 1024 / 2**30:.1f} GiB"
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dists = ["radflow", "numpy", "xarray", "zarr", "dask", "distributed", "python-casacore"]
-    return [
-        f"machine : {platform.system()} {platform.release()}, {model}",
-        f"cores   : {usable} usable ({ncpu} online), RAM {mem}",
-        "versions: " + ", ".join(f"{d} {installed(d)}" for d in dists),
-    ]
-
-
-def fmt_table(rows: list[tuple[Result, int]], casa: dict[float, Result]) -> list[str]:
-    head = (
-        f"{'contender':<18} {'size GB':>7} {'wall s':>8} {'work s':>8} {'MB/s':>7} "
-        f"{'peak RSS MB':>11} {'vs CASA':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r, float_bytes in rows:
-        size = f"{float_bytes / 1e9:7.2f}"
-        if not r.ok:
-            first = r.error.splitlines()[0] if r.error else "failed"
-            lines.append(
-                f"{r.contender:<18} {size} -- {first} (peak RSS {r.peak_rss / 1e6:.0f} MB)"
-            )
-            continue
-        mbps = float_bytes / 1e6 / r.wall_s
-        ref = casa.get(r.size_gb)
-        ratio = f"{ref.wall_s / r.wall_s:.2f}x" if ref and ref.ok and r.contender != "casa" else "-"
-        lines.append(
-            f"{r.contender:<18} {size} {r.wall_s:8.1f} {r.work_s:8.1f} {mbps:7.2f} "
-            f"{r.peak_rss / 1e6:11.0f} {ratio:>8}"
-        )
-    return lines
+    return combine_runs(runs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -457,7 +457,8 @@ def test_agrees_with_casa_gencal_swpow(tmp_path):
 
 
 def test_plot_tsys_and_powers(sim):
-    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib
+
     matplotlib.use("Agg")
     from radflow.plots import plot_switched_power
 
