@@ -285,6 +285,16 @@ def _binned_sum(data: da.Array, onehot: np.ndarray) -> da.Array:
     return partial.reshape((n_chunks, n_bins, *data.shape[1:])).sum(axis=0)
 
 
+def _membership(intervals: list[_Interval], partition: str, n_time: int) -> np.ndarray:
+    """(S, n_time) 1 where an integration of `partition` belongs to interval S, else 0."""
+    onehot = np.zeros((len(intervals), n_time))
+    for k, iv in enumerate(intervals):
+        for piece, idx in iv.pieces:
+            if piece == partition:
+                onehot[k, idx] = 1.0
+    return onehot
+
+
 def single_block(x: da.Array) -> Delayed:
     """The one chunk of `x` as a Delayed: handing it to a delayed solver this way keeps the
     array's graph as it is (passing the array itself makes dask wrap its whole graph in a
@@ -484,11 +494,7 @@ class Prepared:
         """(S, baseline, [frequency,] pol) sums of each interval, one chunk (small)."""
         nums, dens = [], []
         for name, (num, den) in self.data.items():
-            onehot = np.zeros((len(intervals), num.sizes[schema.TIME]))
-            for k, iv in enumerate(intervals):
-                for piece, idx in iv.pieces:
-                    if piece == name:
-                        onehot[k, idx] = 1.0
+            onehot = _membership(intervals, name, num.sizes[schema.TIME])
             if onehot.any():
                 nums.append(_binned_sum(num.data, onehot))
                 dens.append(_binned_sum(den.data, onehot))
@@ -501,11 +507,7 @@ class Prepared:
         offsets, weights = [], []
         for name, (_, den) in self.data.items():
             times = coord_values(self.selected[name], schema.TIME).astype(float)
-            onehot = np.zeros((len(intervals), times.size))
-            for k, iv in enumerate(intervals):
-                for piece, idx in iv.pieces:
-                    if piece == name:
-                        onehot[k, idx] = 1.0
+            onehot = _membership(intervals, name, times.size)
             if not onehot.any():
                 continue
             per_time = den.data.sum(axis=tuple(range(1, den.ndim)))
