@@ -29,7 +29,7 @@ Deviations from CASA, all deliberate:
 - A spectrum whose fit failed (e.g. fully flagged) has ``nan`` rms and coefficients and an empty
   fit range.
 
-Files are written atomically: a temporary file in the target directory, then ``os.replace``.
+Files are written atomically (:func:`radflow.store.write_text_atomic`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +47,7 @@ import numpy as np
 import xarray as xr
 
 from radflow import schema
+from radflow.store import location, write_text_atomic
 
 CSV_COLUMNS_HEAD = ("scan", "antenna", "spw", "pol", "time", "fit_range", "function", "order")
 CSV_COLUMNS_TAIL = ("rms", "clipthresh", "clipniter", "nclipped")
@@ -206,19 +205,6 @@ def format_text(table: xr.Dataset) -> str:
     return "".join(out)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_baseline_tables(
     tables: Sequence[xr.Dataset], stem: Path, formats: Sequence[str] = ("csv", "text")
 ) -> list[Path]:
@@ -230,7 +216,7 @@ def write_baseline_tables(
         Results datasets of :func:`radflow.cal.baseline.subtract` (lazy or computed); they are
         computed together in one ``dask.compute``.
     stem : Path
-        Output path without suffix; its directory must exist.
+        Output path without suffix (local, or an object-store URL); its directory must exist.
     formats : sequence of str
         ``"csv"`` and/or ``"text"``.
 
@@ -242,7 +228,7 @@ def write_baseline_tables(
     unknown = [f for f in formats if f not in FORMAT_SUFFIXES]
     if unknown:
         raise ValueError(f"unknown baseline table format(s) {unknown}; use 'csv' or 'text'")
-    stem = Path(stem)
+    stem = location(stem)
     computed = dask.compute(*tables) if tables else ()
     written = []
     for fmt in formats:
@@ -251,6 +237,6 @@ def write_baseline_tables(
         else:
             text = "".join(format_text(t) for t in computed)
         path = stem.with_name(stem.name + FORMAT_SUFFIXES[fmt])
-        _write_atomic(path, text)
+        write_text_atomic(path, text)
         written.append(path)
     return written

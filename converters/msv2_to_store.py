@@ -23,7 +23,14 @@ from zarr.codecs import BloscCodec
 
 import radflow
 from radflow import schema
-from radflow.store import abort_output, begin_output, commit_output, quiet_zarr_spec_warnings
+from radflow.store import (
+    abort_output,
+    begin_output,
+    commit_output,
+    location,
+    quiet_zarr_spec_warnings,
+    zarr_url,
+)
 
 from . import subtables as st
 from .tables import CASACORE_LOCK, MSError, column_keywords, open_ms, read_rows
@@ -614,13 +621,13 @@ class PendingStore:
 
     def finish(self) -> Path:
         with quiet_zarr_spec_warnings():
-            root = zarr.open_group(self.tmp, mode="r+")
+            root = zarr.open_group(zarr_url(self.tmp), mode="r+")
             for name in self.names:
                 total = int(root[name][schema.NONFINITE_FLAGGED][:].sum())
                 root[name].attrs[schema.ATTR_NAN_COUNT] = total
             # Sealing: only a store with this root type is accepted by radflow.open.
             root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
-            zarr.consolidate_metadata(self.tmp)
+            zarr.consolidate_metadata(zarr_url(self.tmp))
         return commit_output(self.tmp, self.final)
 
     def abort(self) -> None:
@@ -636,13 +643,13 @@ def prepare(
 ) -> PendingStore:
     """Plan the conversion of one MS and build its (uncomputed) write graph."""
     options = options or ConvertOptions()
-    out = Path(store_path) if store_path else default_store_path(ms_path)
+    out = location(store_path) if store_path else default_store_path(ms_path)
     tree = build_tree(ms_path, options)
     tmp = begin_output(out, overwrite)
     try:
         with quiet_zarr_spec_warnings():
             delayed = tree.to_zarr(
-                tmp,
+                zarr_url(tmp),
                 mode="w",
                 consolidated=False,
                 compute=False,

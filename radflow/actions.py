@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from radflow import schema
+from radflow import schema, store
 from radflow.cal import apply as applycal
 from radflow.cal import (
     bandpass,
@@ -365,11 +365,15 @@ def _keep_table(eb: ExecutionBlock, name: str, table: dict[int, xr.Dataset], exp
     for spw, ds in table.items():
         eb.solutions[f"{name}/spw{spw}"] = ds
     ms = eb.source_ms()
-    if export and ms and Path(ms).exists():
+    if export and store.is_url(eb.path):
+        eb.notes.append(
+            f"{name}: no CASA caltable written: casacore writes tables to a file system, and "
+            f"{eb.path} is in an object store (the solutions are in the store)"
+        )
+    elif export and ms and Path(ms).exists():
         keys = [f"{name}/spw{spw}" for spw in table]
 
         def write(store_path: Path) -> list[Path]:
-            from radflow import store
             from radflow.converters.caltable import write_caltable
 
             loaded = {int(k.rsplit("spw", 1)[1]): store.load_group(store_path, f"calibration/{k}")
@@ -585,8 +589,6 @@ def fluxscale_action(
 
         def write(store_path: Path) -> list[Path]:
             import json
-
-            from radflow import store
 
             view = store.load_group(store_path, key)
             result = fluxscale.result_dict(view)

@@ -154,7 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             console.print(f"  {r.path}: {note}")
         for path in r.tables:
             if str(path).endswith(FLUXSCALE_REPORT_SUFFIX):
-                console.print(f"fluxscale of {r.path}:\n{Path(path).read_text()}")
+                console.print(f"fluxscale of {r.path}:\n{path.read_text()}")
     if results.summary_path is not None:
         console.print(f"summary: {results.summary_path}")
     failed = [r for r in results if r.status == schema.STATUS_FAILED]

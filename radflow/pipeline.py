@@ -35,7 +35,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,7 +212,7 @@ def build(recipe: Recipe, path: str | os.PathLike, tree: Any = None) -> Executio
     """
     tree = base_view(store.open(path) if tree is None else tree)
     eb = ExecutionBlock(
-        path=Path(path),
+        path=store.location(path),
         tree=tree,
         partitions={
             n: node.to_dataset(inherit=False) for n, node in store.partitions(tree).items()
@@ -362,7 +361,7 @@ def _strip_previous_run(tmp: Path, prior: Mapping[str, Any]) -> None:
     groups) before new ones are written: the copy's chunk files are hard links to the store's,
     so nothing is ever written over them."""
     with store.quiet_zarr_spec_warnings():
-        root = zarr.open_group(str(tmp), mode="r+")
+        root = zarr.open_group(store.zarr_url(tmp), mode="r+")
         for _, group in root.groups():
             added = group.attrs.get(schema.ATTR_RUN_ADDED)
             if not added:
@@ -433,13 +432,10 @@ def _open_unsealed(tmp: Path, after: Any) -> xr.DataTree:
     # Opened through consolidated metadata, as radflow.open opens the finished store: the same
     # node and variable order, so the recipe's results are the same as on the finished store.
     # The consolidated copy is dropped again before the writes (as begin_update does).
-    root = tmp / "zarr.json"
     with store.quiet_zarr_spec_warnings():
-        zarr.consolidate_metadata(str(tmp))
+        zarr.consolidate_metadata(store.zarr_url(tmp))
         tree = store.open_tree(tmp)
-    meta = json.loads(root.read_text())
-    meta.pop("consolidated_metadata", None)
-    root.write_text(json.dumps(meta))
+    store.drop_consolidated(tmp)
     nodes = {}
     for node in tree.subtree:
         ds = node.to_dataset(inherit=False)
@@ -463,20 +459,18 @@ def output_store(ms_path: str | os.PathLike, outdir: str | os.PathLike | None = 
     from radflow.converters.msv2_to_store import default_store_path
 
     out = default_store_path(ms_path)
-    return Path(outdir) / out.name if outdir is not None else out
+    return store.location(outdir) / out.name if outdir is not None else out
 
 
 def summary_path(store_path: str | os.PathLike) -> Path:
     """``<dir>/<stem>.radflow.json`` for the store ``<dir>/<stem>.ps.zarr``."""
-    p = Path(store_path)
+    p = store.location(store_path)
     stem = p.name.removesuffix(".zarr").removesuffix(".ps")
     return p.with_name(stem + schema.RUN_SUMMARY_SUFFIX)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    store.write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _remove_stale_temporaries(path: Path, result: BlockResult) -> None:
@@ -484,7 +478,7 @@ def _remove_stale_temporaries(path: Path, result: BlockResult) -> None:
     for stale in sorted(path.parent.glob(f".{path.name}.tmp-*")) + sorted(
         path.parent.glob(f".{path.name}.old-*")
     ):
-        shutil.rmtree(stale, ignore_errors=True)
+        store.remove_tree(stale)
         result.notes.append(f"removed {stale.name}, left by an interrupted run")
 
 
@@ -504,7 +498,7 @@ def _is_complete(prior: Mapping[str, Any] | None, record: Mapping[str, Any], pat
         previous.get(k) != record[k] for k in keys
     ):
         return {}
-    if not all(Path(t).exists() for t in previous.get("tables") or []):
+    if not all(store.location(t).exists() for t in previous.get("tables") or []):
         return {}
     return previous
 
@@ -545,17 +539,16 @@ def _prepare(
 ) -> _Block:
     """Open (or start converting) one input and build its writes; never raises."""
     start = time.perf_counter()
-    source = Path(given)
+    source = store.location(given)
     result = BlockResult(path=source, status=schema.STATUS_FAILED, source=source)
     block = _Block(result)
     try:
-        if "://" in os.fspath(given):
-            raise ValueError(
-                f"{os.fspath(given)}: object-store URLs are not supported as run inputs yet "
-                "(stores are updated by atomic renames on a POSIX file system); copy the store "
-                "to a local or shared file system"
-            )
         is_ms = _is_ms(source)
+        if is_ms and store.is_url(source):
+            raise ValueError(
+                f"{source}: a MeasurementSet is read by casacore from a file system, not from "
+                "an object store; give its local path (--outdir may be an s3:// URL)"
+            )
         path = output_store(source, outdir) if is_ms else source
         result.path = path
         resolved = path.resolve()
@@ -575,7 +568,8 @@ def _prepare(
             else:
                 from radflow.converters.msv2_to_store import prepare
 
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if not store.is_url(path):
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 _remove_stale_temporaries(path, result)
                 pending = prepare(source, path, options=convert_options)
                 block.pending, block.tmp = pending, pending.tmp
@@ -597,7 +591,7 @@ def _prepare(
             result.status = schema.STATUS_SKIPPED
             result.partitions = int(previous.get("partitions") or 0)
             result.groups = list(previous.get("groups") or [])
-            result.tables = [Path(t) for t in previous.get("tables") or []]
+            result.tables = [store.location(t) for t in previous.get("tables") or []]
             result.notes.append(
                 "skipped: outputs complete, same recipe and inputs (--force runs it again)"
             )
@@ -770,7 +764,8 @@ def _seal(block: _Block) -> None:
                 schema.RUN_RADFLOW_VERSION: radflow.__version__,
             }
             with store.quiet_zarr_spec_warnings():
-                zarr.open_group(str(block.tmp), mode="r+").attrs[schema.ATTR_RUN] = record
+                root = zarr.open_group(store.zarr_url(block.tmp), mode="r+")
+                root.attrs[schema.ATTR_RUN] = record
             if block.pending is not None:
                 block.pending.finish()
             else:
@@ -785,7 +780,7 @@ def _seal(block: _Block) -> None:
                     for key in sorted(eb.tables)
                 ]
                 stem = eb.path.with_name(eb.path.name.removesuffix(".zarr").removesuffix(".ps"))
-                result.tables = write_baseline_tables(tables, Path(f"{stem}.baseline"))
+                result.tables = write_baseline_tables(tables, store.location(f"{stem}.baseline"))
             for export in eb.exports:
                 result.tables.extend(export(eb.path))
             result.status = schema.STATUS_DONE
@@ -851,7 +846,7 @@ def run(
     """
     started = _now_utc()
     t0 = time.perf_counter()
-    outdir_path = Path(outdir) if outdir is not None else None
+    outdir_path = store.location(outdir) if outdir is not None else None
     taken: set[Path] = set()
     # Opening stores and building graphs reads only small metadata: the driver reads it itself
     # (threads), rather than shipping hundreds of tiny reads to the cluster's workers.
@@ -873,7 +868,7 @@ def run(
             _write_block_summary(b.result)  # failed while being prepared
     results = RunResults(b.result for b in blocks)
     if write_summary and results:
-        directory = Path(summary_dir or outdir_path or results[0].path.parent)
+        directory = store.location(summary_dir or outdir_path or results[0].path.parent)
         results.summary_path = write_run_summary(
             recipe, results, directory, started=started, seconds=time.perf_counter() - t0,
             client=client,
@@ -891,7 +886,7 @@ def write_run_summary(
     client: Any = None,
 ) -> Path | None:
     """Write ``radflow-run-<UTC time>.json``: the recipe, where it ran, and every block."""
-    directory = Path(directory)
+    directory = store.location(directory)
     if not directory.is_dir():
         return None
     counts = {s: sum(r.status == s for r in results) for s in

@@ -6,6 +6,7 @@ when complete, so an interrupted run never leaves something that :func:`open` ac
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import dask
 import xarray as xr
 import zarr
+from upath import UPath
 
 from radflow import schema
 
@@ -37,17 +39,85 @@ class StoreError(ValueError):
     """A path is not a (complete) radflow store."""
 
 
+# ---- where stores live: local paths, or object-store URLs through fsspec ----
+
+
+def location(path: str | os.PathLike) -> Path:
+    """`path` as a path object: a ``pathlib.Path``, or for a URL (``s3://bucket/eb.ps.zarr``,
+    ``gs://``, ``memory://``...) a ``UPath`` on fsspec, with the same methods.
+
+    Credentials and endpoints of object stores come from fsspec's configuration (environment
+    variables such as ``AWS_ENDPOINT_URL`` and ``AWS_ACCESS_KEY_ID``, ``FSSPEC_S3_*``, or
+    ``~/.config/fsspec/*.json``), never from radflow's parameters, so Dask workers started with
+    the same environment reach the same stores.
+    """
+    if isinstance(path, Path | UPath):
+        return path
+    text = os.fspath(path)
+    return UPath(text) if is_url(text) else Path(text)
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether `path` names an object-store location (has a ``scheme://``)."""
+    if isinstance(path, UPath):
+        return not isinstance(path, Path)
+    return "://" in (path if isinstance(path, str) else os.fspath(path))
+
+
+def zarr_url(path: str | os.PathLike) -> str:
+    """What zarr and xarray are given for `path`: the local path or the URL, as a string."""
+    return str(location(path))
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory tree or an object-store prefix; a missing one is not an error."""
+    p = location(path)
+    if is_url(p):
+        with contextlib.suppress(FileNotFoundError):
+            p.fs.rm(p.path, recursive=True)
+    else:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file so that readers see the old or the new content, never a part:
+    locally a temporary file renamed into place; an object store's PUT is atomic itself."""
+    p = location(path)
+    if is_url(p):
+        p.write_text(text)
+        return
+    tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with builtins.open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---- atomic outputs ----
+
+
 def begin_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check that `path` may be written and return the hidden temporary path to write instead."""
-    final = Path(path)
+    final = location(path)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final}: already exists (use --overwrite / overwrite=True)")
     return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
 def commit_output(tmp: Path, path: str | os.PathLike) -> Path:
-    """Rename the finished `tmp` to `path`, replacing an old output only now that all is done."""
-    final = Path(path)
+    """Rename the finished `tmp` to `path`, replacing an old output only now that all is done.
+
+    An object store has no rename: the objects are copied (server side) to `path`, its root
+    ``zarr.json`` last, and then deleted from `tmp` (see :func:`_publish`).
+    """
+    final = location(path)
+    if is_url(final):
+        _publish(location(tmp), final, replace=True)
+        return final
     if final.exists():
         trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(final, trash)
@@ -60,7 +130,76 @@ def commit_output(tmp: Path, path: str | os.PathLike) -> Path:
 
 def abort_output(tmp: Path) -> None:
     """Remove an unfinished temporary output."""
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp)
+
+
+def _publish(tmp: Path, final: Path, *, replace: bool) -> None:
+    """Make the object-store prefix `final` hold the zarr store written at `tmp`.
+
+    The root ``zarr.json`` (which holds the consolidated metadata every reader opens the store
+    by) is copied last, so a reader sees the old store or the new one. Chunks of an existing
+    store are overwritten only where the new store rewrote an array; in that case the old root
+    is deleted first, and a commit interrupted half way leaves no root, which :func:`open`
+    refuses, rather than a mix (the complete new version is still at `tmp`).
+
+    replace
+        True: `final` becomes exactly `tmp` (a new store, or ``--overwrite``). False (an update
+        made by :func:`begin_update`, whose `tmp` holds all metadata but only the chunks of
+        the arrays this run wrote): `final` keeps its chunks of arrays `tmp` did not rewrite,
+        and loses the nodes `tmp` no longer has.
+    """
+    fs = tmp.fs
+    src, dst = tmp.path.rstrip("/"), final.path.rstrip("/")
+    new = _relative_keys(fs, src)
+    old = _relative_keys(fs, dst)
+    meta = {k for k in new if _is_metadata(k)}
+    nodes = {_node_of_metadata(k) for k in meta}
+    old_nodes = {_node_of_metadata(k) for k in old if _is_metadata(k)}
+    rewritten = {_owner(k, nodes) for k in new - meta}
+    if replace:
+        stale = old - new
+    else:
+        known = nodes | old_nodes
+        stale = {k for k in old - new if _owner(k, known) in rewritten | (old_nodes - nodes)}
+    chunks = sorted(new - meta)
+    if old and (replace or old & set(chunks)):
+        fs.rm(f"{dst}/{_ROOT_METADATA}")
+    node_meta = sorted(meta - {_ROOT_METADATA})
+    for batch in (chunks, node_meta, [_ROOT_METADATA]):
+        if batch:
+            fs.copy([f"{src}/{k}" for k in batch], [f"{dst}/{k}" for k in batch])
+    if stale:
+        fs.rm([f"{dst}/{k}" for k in sorted(stale)])
+    fs.rm(src, recursive=True)
+
+
+_ROOT_METADATA = "zarr.json"
+
+
+def _relative_keys(fs: Any, prefix: str) -> set[str]:
+    fs.invalidate_cache(prefix)  # zarr wrote through its own fsspec instance
+    try:
+        return {k[len(prefix) + 1 :] for k in fs.find(prefix) if k.startswith(prefix + "/")}
+    except FileNotFoundError:
+        return set()
+
+
+def _is_metadata(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] in _METADATA_FILES
+
+
+def _node_of_metadata(key: str) -> str:
+    return key.rpartition("/")[0]
+
+
+def _owner(key: str, nodes: set[str]) -> str:
+    """The deepest node (array or group path, "" for the root) that `key` lies under."""
+    parts = key.split("/")
+    for n in range(len(parts) - 1, 0, -1):
+        candidate = "/".join(parts[:n])
+        if candidate in nodes:
+            return candidate
+    return ""
 
 
 @contextlib.contextmanager
@@ -82,13 +221,13 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
 def save_dataset(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write one dataset (e.g. a simulator's truth) to a zarr store, atomically."""
     with atomic_output(path, overwrite=overwrite) as tmp, quiet_zarr_spec_warnings():
-        ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=3)
-    return Path(path)
+        ds.to_zarr(zarr_url(tmp), mode="w", consolidated=True, zarr_format=3)
+    return location(path)
 
 
 def load_dataset(path: str | os.PathLike) -> xr.Dataset:
     """Read a dataset written by :func:`save_dataset` fully into memory."""
-    with xr.open_zarr(path, consolidated=True) as ds:
+    with xr.open_zarr(zarr_url(path), consolidated=True) as ds:
         return ds.load()
 
 
@@ -97,7 +236,7 @@ def open(path: str | os.PathLike) -> xr.DataTree:  # noqa: A001 - the public nam
 
     Raises :class:`StoreError` when `path` is not a complete processing-set store.
     """
-    p = Path(path)
+    p = location(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such store")
     if not (p / "zarr.json").exists():
@@ -124,12 +263,13 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
     more than reading them, so both are done here directly (named by the store's path and
     modification time, so the same store always gives the same graph keys).
     """
-    p = Path(path)
+    p = location(path)
     with quiet_zarr_spec_warnings():
         raw = xr.open_datatree(
-            p, engine="zarr", chunks=None, consolidated=True, create_default_indexes=False
-        )
-    token = dask.base.tokenize(str(p.resolve()), (p / "zarr.json").stat().st_mtime_ns)
+            zarr_url(p), engine="zarr", chunks=None, consolidated=True,
+            create_default_indexes=False,
+        )  # fmt: skip
+    token = dask.base.tokenize(*_version(p))
     datasets = {node.path: node.to_dataset(inherit=False) for node in raw.subtree}
     bulk = {k for k, ds in datasets.items() if ds.attrs.get(schema.ATTR_TYPE, "") in _LAZY_TYPES
             or not ds.attrs.get(schema.ATTR_TYPE)}  # fmt: skip
@@ -153,6 +293,16 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
     return xr.DataTree.from_dict(nodes)
 
 
+def _version(p: Path) -> tuple[str, Any]:
+    """Where the store is and which version of it: its root metadata's modification time
+    (locally) or entity tag (object stores; rewritten by every commit)."""
+    root = p / _ROOT_METADATA
+    if is_url(p):
+        info = p.fs.info(root.path)
+        return str(p), info.get("ETag") or info.get("LastModified") or info.get("mtime")
+    return str(p.resolve()), root.stat().st_mtime_ns
+
+
 # Datasets whose variables can be as large as the data: only their coordinates are loaded.
 _LAZY_TYPES = (
     schema.TYPE_VISIBILITY,
@@ -164,7 +314,10 @@ _LAZY_TYPES = (
 
 def load_group(path: str | os.PathLike, group: str) -> xr.Dataset:
     """Read one group of a store (e.g. a solution under ``calibration/``) fully into memory."""
-    with quiet_zarr_spec_warnings(), xr.open_zarr(path, group=group, consolidated=False) as ds:
+    with (
+        quiet_zarr_spec_warnings(),
+        xr.open_zarr(zarr_url(path), group=group, consolidated=False) as ds,
+    ):
         return ds.load()
 
 
@@ -185,31 +338,42 @@ def begin_update(path: str | os.PathLike) -> Path:
     The copy is cheap: chunk files are hard links to the original's (new results only ever add
     arrays, so no existing chunk file is rewritten); metadata files, which an update does
     rewrite, are real copies, so the original store is never touched. Where hard links are not
-    possible (another file system) the chunk files are copied.
+    possible (another file system) the chunk files are copied. On an object store the copy
+    holds the metadata only: :func:`finish_update` then copies just the new chunks over.
     """
-    final = Path(path)
-    if not (final / "zarr.json").exists():
+    final = location(path)
+    if not (final / _ROOT_METADATA).exists():
         raise StoreError(f"{final}: not a radflow store (no zarr.json)")
     tmp = begin_output(final, overwrite=True)
+    if is_url(final):
+        fs, src, dst = final.fs, final.path.rstrip("/"), tmp.path.rstrip("/")
+        meta = sorted(k for k in _relative_keys(fs, src) if _is_metadata(k))
+        fs.copy([f"{src}/{k}" for k in meta], [f"{dst}/{k}" for k in meta])
+    else:
 
-    def link_or_copy(src: str, dst: str) -> None:
-        if Path(src).name in _METADATA_FILES:
-            shutil.copy2(src, dst)
-            return
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
+        def link_or_copy(src: str, dst: str) -> None:
+            if Path(src).name in _METADATA_FILES:
+                shutil.copy2(src, dst)
+                return
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
 
-    shutil.copytree(final, tmp, copy_function=link_or_copy)
+        shutil.copytree(final, tmp, copy_function=link_or_copy)
     # zarr parses the root zarr.json for every array it creates (checking that no node is in
     # the way); with the whole store's consolidated metadata in it that costs seconds per group.
     # The copy drops it while being written; finish_update consolidates again.
-    root = tmp / "zarr.json"
+    drop_consolidated(tmp)
+    return tmp
+
+
+def drop_consolidated(path: str | os.PathLike) -> None:
+    """Remove the consolidated metadata from the root ``zarr.json`` of the store at `path`."""
+    root = location(path) / _ROOT_METADATA
     meta = json.loads(root.read_text())
     meta.pop("consolidated_metadata", None)
     root.write_text(json.dumps(meta))
-    return tmp
 
 
 def add_variables(tmp: Path, group: str, ds: xr.Dataset) -> Any:
@@ -217,17 +381,29 @@ def add_variables(tmp: Path, group: str, ds: xr.Dataset) -> Any:
     group's attrs; returns the dask write to compute. Coordinates are not rewritten."""
     new = ds.drop_vars(list(ds.coords))
     with quiet_zarr_spec_warnings():
-        return new.to_zarr(tmp, group=group, mode="a", compute=False, consolidated=False)
+        return new.to_zarr(zarr_url(tmp), group=group, mode="a", compute=False,
+                           consolidated=False, **_update_options(tmp))  # fmt: skip
 
 
 def add_group(tmp: Path, group: str, ds: xr.Dataset) -> Any:
     """Write `ds` as a new group of `tmp` (replacing one of that name); returns the dask write."""
     with quiet_zarr_spec_warnings():
-        return ds.to_zarr(tmp, group=group, mode="w", compute=False, consolidated=False)
+        return ds.to_zarr(zarr_url(tmp), group=group, mode="w", compute=False,
+                          consolidated=False, **_update_options(tmp))  # fmt: skip
+
+
+def _update_options(tmp: Path) -> dict[str, Any]:
+    # On an object store, _publish tells the arrays an update rewrote by their chunks in `tmp`:
+    # every chunk must be there, also those equal to the fill value (which zarr skips).
+    return {"write_empty_chunks": True} if is_url(tmp) else {}
 
 
 def finish_update(tmp: Path, path: str | os.PathLike) -> Path:
     """Consolidate `tmp`'s metadata and swap it in for the store at `path`."""
     with quiet_zarr_spec_warnings():
-        zarr.consolidate_metadata(str(tmp))
-    return commit_output(tmp, path)
+        zarr.consolidate_metadata(zarr_url(tmp))
+    final = location(path)
+    if is_url(final):
+        _publish(location(tmp), final, replace=False)
+        return final
+    return commit_output(tmp, final)

@@ -364,11 +364,3 @@ def test_killed_run_leaves_store_untouched_and_rerun_finishes_it(pristine, refer
     assert not list(tmp_path.glob(".*.tmp-*"))
     for s in (first, second):
         assert_identical(contents(s), reference[s.name], f"{s.name} after the resumed run")
-
-
-def test_object_store_urls_are_refused_with_a_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", "alma_sd", "s3://bucket/eb.ps.zarr", "--no-progress"]) == 1
-    out = capsys.readouterr().out.replace("\n", "")
-    assert "object-store URLs are not supported as run inputs" in out
-    assert list(tmp_path.iterdir()) == []  # nothing written (no local 's3:' directory)
