@@ -33,7 +33,7 @@ from radflow.store import (
 )
 
 from . import subtables as st
-from .tables import CASACORE_LOCK, MSError, column_keywords, open_ms, read_rows
+from .tables import CASACORE_LOCK, MSError, column_dtype, column_keywords, open_ms, read_rows
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 _INDEX_BLOCK_ROWS = 1_000_000
@@ -271,7 +271,8 @@ def _read_block(
     baseline indices; `shape` is (ntime, nbaseline, nchan, npol) of the chunk.
     """
     nt, nbl, nchan, npol = shape
-    # A regular MS fills the grid in row order: then a reshape is the scatter, and no copy.
+    # A regular MS fills the grid in row order: then the grid, seen as (row, ...), is the read
+    # buffer, and casacore writes straight into it.
     dense = len(rows) == nt * nbl and np.array_equal(ti * nbl + bi, np.arange(nt * nbl))
 
     def to_grid(values: np.ndarray, fill: float | bool, dtype: type) -> np.ndarray:
@@ -281,18 +282,26 @@ def _read_block(
         grid[ti, bi] = values
         return grid
 
+    def read_grid(column: str, fill: float | bool, dtype: type) -> np.ndarray:
+        if not dense:
+            return to_grid(read_rows(ms_path, column, rows), fill, dtype)
+        grid = np.empty((nt, nbl, nchan, npol), dtype=dtype)
+        read_rows(ms_path, column, rows, out=grid.reshape(len(rows), nchan, npol))
+        return grid
+
     out: dict[str, np.ndarray] = {schema.MSV2_ROW: to_grid(rows, -1, np.int64)}
-    flag = to_grid(read_rows(ms_path, schema.MS_FLAG, rows), True, bool)
+    flag = read_grid(schema.MS_FLAG, True, bool)
     flag_row = read_rows(ms_path, schema.MS_FLAG_ROW, rows)
     if flag_row.any():
         flag[ti[flag_row], bi[flag_row]] = True
 
     nonfinite = np.zeros(nt, dtype=np.int64)
     for col in columns.data:
-        values = read_rows(ms_path, col, rows)
-        if single_dish and np.iscomplexobj(values):
-            values = values.real  # autocorrelation-only DATA
-        grid = to_grid(values, 0, np.float32 if single_dish else np.complex64)
+        if single_dish and column_dtype(ms_path, col).kind == "c":
+            # autocorrelation-only DATA
+            grid = to_grid(read_rows(ms_path, col, rows).real, 0, np.float32)
+        else:
+            grid = read_grid(col, 0, np.float32 if single_dish else np.complex64)
         # A sum is non-finite iff some sample is: a cheap test before building a mask.
         if not np.isfinite(grid.sum()):
             bad = ~np.isfinite(grid)
@@ -301,17 +310,18 @@ def _read_block(
         out[col] = grid
 
     if columns.weight_source == schema.MS_WEIGHT_SPECTRUM:
-        weight = read_rows(ms_path, schema.MS_WEIGHT_SPECTRUM, rows)
-    elif columns.weight_source == schema.MS_WEIGHT:
-        weight = read_rows(ms_path, schema.MS_WEIGHT, rows)[:, None, :]
-    elif columns.weight_source == schema.MS_SIGMA:
-        sigma = read_rows(ms_path, schema.MS_SIGMA, rows).astype(np.float64)
-        with np.errstate(divide="ignore"):
-            weight = np.where(sigma > 0, 1.0 / sigma**2, 0.0)[:, None, :]
+        out[schema.WEIGHT] = read_grid(schema.MS_WEIGHT_SPECTRUM, 0, np.float32)
     else:
-        weight = np.ones((len(rows), 1, npol))
-    weight = np.broadcast_to(weight, (len(rows), nchan, npol))
-    out[schema.WEIGHT] = to_grid(np.ascontiguousarray(weight, dtype=np.float32), 0, np.float32)
+        if columns.weight_source == schema.MS_WEIGHT:
+            weight = read_rows(ms_path, schema.MS_WEIGHT, rows)[:, None, :]
+        elif columns.weight_source == schema.MS_SIGMA:
+            sigma = read_rows(ms_path, schema.MS_SIGMA, rows).astype(np.float64)
+            with np.errstate(divide="ignore"):
+                weight = np.where(sigma > 0, 1.0 / sigma**2, 0.0)[:, None, :]
+        else:
+            weight = np.ones((len(rows), 1, npol))
+        weight = np.broadcast_to(weight, (len(rows), nchan, npol))
+        out[schema.WEIGHT] = to_grid(np.ascontiguousarray(weight, dtype=np.float32), 0, np.float32)
     out[schema.FLAG] = flag
     out[schema.TIME_CENTROID] = to_grid(
         st.unix_time(read_rows(ms_path, "TIME_CENTROID", rows)), np.nan, np.float64
@@ -593,7 +603,7 @@ def build_tree(ms_path: str | os.PathLike, options: ConvertOptions | None = None
 
 
 def _encoding(tree: xr.DataTree, level: int) -> dict[str, dict]:
-    compressor = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle") if level > 0 else None
+    compressor = BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle") if level > 0 else None
     encoding: dict[str, dict] = {}
     for node in tree.subtree:
         enc = {}
