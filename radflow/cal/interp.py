@@ -55,7 +55,7 @@ def time_weights(
     return i0, i1, w1
 
 
-def _interp_block(
+def interpolate_block(
     times: np.ndarray,
     table: np.ndarray,
     flags: np.ndarray,
@@ -63,7 +63,11 @@ def _interp_block(
     knots: np.ndarray,
     method: Method,
 ) -> tuple[np.ndarray, np.ndarray]:
-    # times: (t, 1, ..., 1) after apply_ufunc's broadcasting; table, flags: (..., k)
+    """Interpolate an in-memory table onto one chunk of data times.
+
+    `times` (t, 1, ...) or (t,), unix s; `table` and `flags` (..., k) with the solution time
+    axis last (`knots`, ascending). Returns value and flag, shaped (t, ...).
+    """
     t = times.reshape(times.shape[0])
     i0, i1, w1 = time_weights(knots, t, method)
     v0 = np.moveaxis(table[..., i0], -1, 0)  # (t, ...)
@@ -74,6 +78,16 @@ def _interp_block(
     value = (1.0 - w) * v0 + w * v1
     flag = f0 | (f1 & (w > 0))
     return value, flag
+
+
+def knots(table: xr.DataArray) -> np.ndarray:
+    """A solution table's times (unix s) after checking them: at least one, strictly rising."""
+    values = np.asarray(table[schema.TIME].values, dtype=float)
+    if values.size == 0:
+        raise ValueError("interp: the solution table has no solution times")
+    if np.any(np.diff(values) <= 0):
+        raise ValueError("interp: solution times must be strictly increasing")
+    return values
 
 
 def to_times(
@@ -101,11 +115,6 @@ def to_times(
     (value, flag) : xr.DataArray
         Dask-backed, dims ``(time, *other dims of table)``.
     """
-    knots = np.asarray(table[schema.TIME].values, dtype=float)
-    if knots.size == 0:
-        raise ValueError("interp: the solution table has no solution times")
-    if np.any(np.diff(knots) <= 0):
-        raise ValueError("interp: solution times must be strictly increasing")
     target = xr.DataArray(
         da.from_array(np.asarray(times, dtype=float), chunks=(time_chunks,)), dims=schema.TIME
     )
@@ -113,7 +122,7 @@ def to_times(
     table_k = table.rename({schema.TIME: _KNOT}).chunk(-1)
     flag_k = flag.rename({schema.TIME: _KNOT}).astype(bool).chunk(-1)
     value, out_flag = xr.apply_ufunc(
-        _interp_block,
+        interpolate_block,
         target,
         table_k,
         flag_k,
@@ -121,7 +130,7 @@ def to_times(
         output_core_dims=[[], []],
         dask="parallelized",
         output_dtypes=[table.dtype, bool],
-        kwargs={"knots": knots, "method": method},
+        kwargs={"knots": knots(table), "method": method},
     )
     order = (schema.TIME, *[d for d in table.dims if d != schema.TIME])
     return value.transpose(*order), out_flag.transpose(*order)

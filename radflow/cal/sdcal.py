@@ -38,21 +38,24 @@ from radflow.step import (
     require_units,
 )
 
-_KNOT = "_off_time"
+_KNOT = "_off_time"  # private core dims: the solution tables' time axes
+_TSYS_KNOT = "_tsys_time"
 
 
 def _weight_factor_block(
     times: np.ndarray, tau_on: np.ndarray, exposure: np.ndarray, *, knots: np.ndarray
 ) -> np.ndarray:
-    # times: (t, 1); tau_on: (t, a); exposure: (a, k)
+    """CASA's sky weight factor; `times` (t, ...), `tau_on` (t, a, ...) and `exposure`
+    (a, ..., k) broadcast against each other once the knot axis k is taken per time."""
     t = times.reshape(times.shape[0])
     i0, i1, w1 = interp.time_weights(knots, t, "linear")
-    tau1 = np.moveaxis(exposure[..., i0], -1, 0)  # (t, a)
+    tau1 = np.moveaxis(exposure[..., i0], -1, 0)  # (t, a, ...)
     tau2 = np.moveaxis(exposure[..., i1], -1, 0)
-    between = (w1 > 0)[:, None]
-    t1 = knots[i0][:, None]
-    t2 = knots[i1][:, None]
-    tt = t[:, None]
+    column = (-1,) + (1,) * (tau1.ndim - 1)
+    between = (w1 > 0).reshape(column)
+    t1 = knots[i0].reshape(column)
+    t2 = knots[i1].reshape(column)
+    tt = t.reshape(column)
     with np.errstate(divide="ignore", invalid="ignore"):
         span2 = np.where(between, (t2 - t1) ** 2, 1.0)
         linear = 1.0 / (1.0 + tau_on / span2 * ((t2 - tt) ** 2 / tau1 + (tt - t1) ** 2 / tau2))
@@ -60,22 +63,41 @@ def _weight_factor_block(
     return np.where(between, linear, nearest)
 
 
-def sky_weight_factor(
-    times: np.ndarray, time_chunks: tuple[int, ...], tau_on: xr.DataArray, sky: xr.Dataset
-) -> xr.DataArray:
-    """CASA's sky-calibration weight factor per (time, antenna), lazily (see module docstring)."""
-    target = xr.DataArray(da.from_array(times, chunks=(time_chunks,)), dims=schema.TIME)
-    exposure = sky[schema.EXPOSURE].rename({schema.TIME: _KNOT}).chunk(-1)
-    return xr.apply_ufunc(
-        _weight_factor_block,
-        target,
-        tau_on,
-        exposure,
-        input_core_dims=[[], [], [_KNOT]],
-        dask="parallelized",
-        output_dtypes=[float],
-        kwargs={"knots": sky[schema.TIME].values.astype(float)},
-    )
+def _calibrate_block(
+    times: np.ndarray,
+    on: np.ndarray,
+    on_flag: np.ndarray,
+    on_weight: np.ndarray,
+    tau_on: np.ndarray,
+    off: np.ndarray,
+    off_flag: np.ndarray,
+    exposure: np.ndarray,
+    tsys_table: np.ndarray,
+    tsys_flag: np.ndarray,
+    *,
+    off_knots: np.ndarray,
+    tsys_knots: np.ndarray,
+    method: interp.Method,
+    mean_tsys_axis: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # One data chunk (time, antenna, frequency, polarization), whole solution tables (their
+    # time axis last): every intermediate lives for one chunk only.
+    off_t, off_t_flag = interp.interpolate_block(times, off, off_flag, knots=off_knots,
+                                                 method=method)  # fmt: skip
+    tsys_t, tsys_t_flag = interp.interpolate_block(times, tsys_table, tsys_flag,
+                                                   knots=tsys_knots, method=method)  # fmt: skip
+    factor = _weight_factor_block(times, tau_on, exposure, knots=off_knots)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ta = tsys_t * (on - off_t) / off_t
+        tsys_w = tsys_t if mean_tsys_axis is None else tsys_t.mean(mean_tsys_axis, keepdims=True)
+        weight = on_weight * factor / tsys_w**2
+    finite = np.isfinite(ta)
+    flag = on_flag | off_t_flag | tsys_t_flag | ~finite
+    # Non-finite results (NaN input, flagged solutions) become 0 and stay flagged, so that
+    # no NaN reaches a later fit or average.
+    ta = np.where(finite, ta, 0.0).astype(on.dtype)
+    weight = np.where(np.isfinite(weight), weight, 0.0).astype(on_weight.dtype)
+    return ta, flag, weight
 
 
 def _tsys_for(ds: xr.Dataset, solution: xr.Dataset, pols: list[str]) -> xr.Dataset:
@@ -153,39 +175,55 @@ def apply(
     if sky_antennas != antennas:
         raise ValueError(f"{where}: the sky solution is for antenna(s) {sky_antennas}")
 
+    if weight_tsys not in ("channel", "mean"):
+        raise ValueError(f"{where}: weight_tsys must be 'channel' or 'mean', not {weight_tsys!r}")
     times = coord_values(ds, schema.TIME).astype(float)
     time_axis = src.data.dims.index(schema.TIME)
     chunks = src.data.chunks[time_axis] if src.data.chunks else (times.size,)
     pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
-
-    off, off_flag = interp.to_times(
-        sky[schema.CALIBRATION_PARAMETER], sky[schema.FLAG], times, chunks, interp_method
-    )
+    off_knots = interp.knots(sky[schema.CALIBRATION_PARAMETER])
     table = _tsys_for(ds, tsys_solution, pols)
-    table = table.assign_coords({schema.FREQUENCY: freq})
-    tsys_t, tsys_flag = interp.to_times(
-        table[schema.CALIBRATION_PARAMETER], table[schema.FLAG], times, chunks, interp_method
-    )
-    factor = sky_weight_factor(times, chunks, ds[schema.EFFECTIVE_INTEGRATION_TIME], sky)
+    tsys_knots = interp.knots(table[schema.CALIBRATION_PARAMETER])
 
-    dims = src.data.dims
-    off = off.transpose(*dims)
-    tsys_t = tsys_t.transpose(*dims)
-    ta = tsys_t * (src.data - off) / off
-    flag = src.flag | off_flag.transpose(*dims) | tsys_flag.transpose(*dims) | ~np.isfinite(ta)
-    if weight_tsys not in ("channel", "mean"):
-        raise ValueError(f"{where}: weight_tsys must be 'channel' or 'mean', not {weight_tsys!r}")
-    tsys_w = tsys_t if weight_tsys == "channel" else tsys_t.mean(schema.FREQUENCY)
-    weight = src.weight * factor / tsys_w**2
-    real = src.data.dtype
+    def knot_last(da_: xr.DataArray, knot: str) -> xr.DataArray:
+        # whole tables, one chunk each: every data chunk needs all of them
+        return da_.rename({schema.TIME: knot}).drop_vars(knot, errors="ignore").chunk(-1)
+
+    # apply_ufunc's order of the dims: the first input's (time), then the data's
+    order = (schema.TIME, *[d for d in src.data.dims if d != schema.TIME])
+    mean_axis = order.index(schema.FREQUENCY) if weight_tsys == "mean" else None
+    tsys_table = table[schema.CALIBRATION_PARAMETER].assign_coords({schema.FREQUENCY: freq})
+    ta, flag, weight = xr.apply_ufunc(
+        _calibrate_block,
+        xr.DataArray(da.from_array(times, chunks=(chunks,)), dims=schema.TIME),
+        src.data,
+        src.flag,
+        src.weight,
+        ds[schema.EFFECTIVE_INTEGRATION_TIME],
+        knot_last(sky[schema.CALIBRATION_PARAMETER], _KNOT),
+        knot_last(sky[schema.FLAG].astype(bool), _KNOT),
+        knot_last(sky[schema.EXPOSURE], _KNOT),
+        knot_last(tsys_table, _TSYS_KNOT),
+        knot_last(table[schema.FLAG].astype(bool), _TSYS_KNOT),
+        input_core_dims=[[]] * 5 + [[_KNOT]] * 3 + [[_TSYS_KNOT]] * 2,
+        output_core_dims=[[], [], []],
+        dask="parallelized",
+        output_dtypes=[src.data.dtype, bool, src.weight.dtype],
+        kwargs={
+            "off_knots": off_knots,
+            "tsys_knots": tsys_knots,
+            "method": interp_method,
+            "mean_tsys_axis": mean_axis,
+        },
+        join="exact",
+    )
+    ta, flag, weight = (x.transpose(*order) for x in (ta, flag, weight))
     return add_data_group(
         ds,
         output,
-        # Non-finite results (NaN input, flagged solutions) become 0 and stay flagged, so that
-        # no NaN reaches a later fit or average.
-        data=ta.where(np.isfinite(ta), 0.0).astype(real),
+        data=ta,
         flag=flag,
-        weight=weight.where(np.isfinite(weight), 0.0).astype(src.weight.dtype),
+        weight=weight,
         units=schema.UNITS_KELVIN,
         description=(
             f"Ta* = Tsys (ON - OFF)/OFF from group {group!r} (sky mode "
