@@ -14,6 +14,7 @@ import shutil
 import uuid
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,9 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
     datasets = {node.path: node.to_dataset(inherit=False) for node in raw.subtree}
     bulk = {k for k, ds in datasets.items() if ds.attrs.get(schema.ATTR_TYPE, "") in _LAZY_TYPES
             or not ds.attrs.get(schema.ATTR_TYPE)}  # fmt: skip
+    small = [v for path, ds in datasets.items() for k, v in ds.variables.items()
+             if path not in bulk or k in ds.coords]  # fmt: skip
+    _load_concurrently(small)
     nodes = {}
     for path, ds in datasets.items():
         coords = {k: v.variable.load() for k, v in ds.coords.items()}
@@ -291,6 +295,21 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
             out = xr.Dataset(data, coords=coords, attrs=ds.attrs)
         nodes[path] = out
     return xr.DataTree.from_dict(nodes)
+
+
+def _load_concurrently(variables: list[xr.Variable]) -> None:
+    """Read many small arrays into memory at once: each read waits on zarr's event loop (and on
+    an object store, on the network), so many in flight cost little more than one."""
+    if len(variables) < 2:
+        for v in variables:
+            v.load()
+        return
+    with ThreadPoolExecutor(max_workers=min(_READ_CONCURRENCY, len(variables))) as pool:
+        for _ in pool.map(xr.Variable.load, variables):
+            pass
+
+
+_READ_CONCURRENCY = 32
 
 
 def _version(p: Path) -> tuple[str, Any]:
