@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import s3fs
+from moto import server as moto_server
 from test_runner import assert_identical, contents
 
 import radflow
@@ -22,9 +24,6 @@ from radflow.converters.store_to_msv2 import export
 from radflow.pipeline import load_recipe, run
 from radflow.store import StoreError, location, partitions
 from radflow.testing import simulate_single_dish
-
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is a test dependency")
-s3fs = pytest.importorskip("s3fs")
 
 BUCKET = "radflow-test"
 SIM = {"mode": "ps", "n_antennas": 1, "n_target_scans": 1, "n_science_chan": 256,

@@ -61,7 +61,7 @@ import numpy as np
 import xarray as xr
 
 from radflow import schema
-from radflow.cal.tsys import spectral_windows
+from radflow.cal.tsys import receptor_names, spectral_windows
 from radflow.store import partitions
 
 BOLTZMANN_J_K = 1.380649e-23
@@ -138,18 +138,6 @@ def band_of(frequency_hz: float) -> str:
 # inputs from the store
 
 
-def _receptor_names(node: xr.DataTree, labels: np.ndarray) -> list[str]:
-    """Receptor labels (pol_0, pol_1) -> polarization types (R, L) from the antenna sub-dataset."""
-    if schema.ANTENNA_XDS in node.children:
-        ant = node[schema.ANTENNA_XDS].to_dataset(inherit=False)
-        if schema.POLARIZATION_TYPE in ant.coords:
-            types = ant[schema.POLARIZATION_TYPE].sel({schema.RECEPTOR_LABEL: labels}).values
-            per_receptor = {tuple(row) for row in np.atleast_2d(types).astype(str)}
-            if len(per_receptor) == 1:
-                return list(next(iter(per_receptor)))
-    return [str(label) for label in labels]
-
-
 def _merge_by_antenna(tree: xr.DataTree, child: str, time_dim: str, names: tuple[str, ...]):
     """One dataset per spw of sub-dataset `child` over all partitions (antennas merged)."""
     per_spw: dict[int, dict[str, xr.Dataset]] = {}
@@ -161,7 +149,7 @@ def _merge_by_antenna(tree: xr.DataTree, child: str, time_dim: str, names: tuple
         if not present:
             continue
         spw = int(xds.attrs[schema.ATTR_SPW_ID])
-        receptors = _receptor_names(node, xds[schema.RECEPTOR_LABEL].values)
+        receptors = receptor_names(node, xds[schema.RECEPTOR_LABEL].values)
         xds = xds[present].assign_coords({schema.RECEPTOR_LABEL: receptors})
         xds = xds.rename({schema.RECEPTOR_LABEL: schema.RECEPTOR, time_dim: schema.TIME})
         seen = per_spw.setdefault(spw, {})

@@ -66,8 +66,9 @@ def spectral_windows(tree: xr.DataTree) -> dict[int, SpectralWindow]:
     return out
 
 
-def _receptor_names(node: xr.DataTree, labels: np.ndarray) -> list[str]:
-    """Receptor labels (pol_0, pol_1) -> polarization types (X, Y) from the antenna sub-dataset."""
+def receptor_names(node: xr.DataTree, labels: np.ndarray) -> list[str]:
+    """Receptor labels (pol_0, pol_1) -> polarization types (X, Y; R, L) from the antenna
+    sub-dataset of `node`; the labels themselves where the antennas differ or none are given."""
     if schema.ANTENNA_XDS in node.children:
         ant = node[schema.ANTENNA_XDS].to_dataset(inherit=False)
         if schema.POLARIZATION_TYPE in ant.coords:
@@ -94,7 +95,7 @@ def system_calibration(tree: xr.DataTree) -> dict[int, xr.Dataset]:
             continue
         xds = xds[[schema.TSYS, schema.SYSCAL_INTERVAL]]
         spw = int(xds.attrs[schema.ATTR_SPW_ID])
-        receptors = _receptor_names(node, xds[schema.RECEPTOR_LABEL].values)
+        receptors = receptor_names(node, xds[schema.RECEPTOR_LABEL].values)
         for antenna in xds[schema.ANTENNA_NAME].values.astype(str):
             seen = per_spw.setdefault(spw, {})
             if antenna in seen:
