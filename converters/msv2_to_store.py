@@ -33,6 +33,7 @@ from radflow.store import (
 )
 
 from . import subtables as st
+from . import zarr_layout
 from .tables import CASACORE_LOCK, MSError, column_dtype, column_keywords, open_ms, read_rows
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -344,50 +345,83 @@ def _time_chunks(part: Partition, bytes_per_time: int, options: ConvertOptions) 
     return [min(step, nt - s) for s in range(0, nt, step)]
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """One time chunk of one partition: its MS rows and where they go in the chunk's grid."""
+
+    t0: int  # first time index of the chunk in the partition
+    rows: np.ndarray  # sorted MS row numbers
+    ti: np.ndarray  # per row: time index within the chunk
+    bi: np.ndarray  # per row: baseline index
+    shape: tuple[int, int, int, int]  # (ntime, nbaseline, nchan, npol)
+
+
+def _chunk_plan(
+    part: Partition, meta: st.MSMetadata, single_dish: bool, options: ConvertOptions
+) -> list[_Chunk]:
+    spw = meta.spws[int(meta.ddid_spw[part.ddid])]
+    nchan = len(spw.chan_freq)
+    npol = len(meta.pol_labels[int(meta.ddid_pol[part.ddid])])
+    nbl = len(part.baselines)
+    itemsize = 4 if single_dish else 8
+    # Rows are sorted by row number, not time: select each chunk's rows by time index.
+    order = np.argsort(part.time_index, kind="stable")
+    t_sorted = part.time_index[order]
+    plan, t0 = [], 0
+    for nt in _time_chunks(part, nbl * nchan * npol * itemsize, options):
+        lo, hi = np.searchsorted(t_sorted, [t0, t0 + nt])
+        sel = np.sort(order[lo:hi])
+        plan.append(
+            _Chunk(t0, part.rows[sel], part.time_index[sel] - t0, part.bl_index[sel],
+                   (nt, nbl, nchan, npol))
+        )  # fmt: skip
+        t0 += nt
+    return plan
+
+
+def _block_keys(columns: _Columns) -> list[str]:
+    """The arrays :func:`_read_block` returns: store names, or MS column names for data."""
+    keys = [schema.MSV2_ROW, schema.FLAG, schema.WEIGHT, schema.TIME_CENTROID,
+            schema.EFFECTIVE_INTEGRATION_TIME, schema.NONFINITE_FLAGGED, *columns.data]  # fmt: skip
+    return keys + ([schema.UVW] if columns.has_uvw else [])
+
+
+def _chunk_specs(chunk: _Chunk, columns: _Columns, single_dish: bool) -> dict[str, tuple]:
+    """Shape and dtype of each array :func:`_read_block` returns for `chunk`."""
+    nt, nbl, nchan, npol = chunk.shape
+    data = ((nt, nbl, nchan, npol), np.float32 if single_dish else np.complex64)
+    specs = {
+        schema.MSV2_ROW: ((nt, nbl), np.int64),
+        schema.FLAG: ((nt, nbl, nchan, npol), bool),
+        schema.WEIGHT: ((nt, nbl, nchan, npol), np.float32),
+        schema.TIME_CENTROID: ((nt, nbl), np.float64),
+        schema.EFFECTIVE_INTEGRATION_TIME: ((nt, nbl), np.float64),
+        schema.NONFINITE_FLAGGED: ((nt,), np.int64),
+        schema.UVW: ((nt, nbl, 3), np.float64),
+    }
+    return {key: specs.get(key, data) for key in _block_keys(columns)}
+
+
 def _partition_dataset(
     ms_path: str,
     part: Partition,
+    plan: list[_Chunk],
     meta: st.MSMetadata,
     columns: _Columns,
     single_dish: bool,
-    options: ConvertOptions,
 ) -> xr.Dataset:
     """The lazy dataset of one partition."""
     spw = meta.spws[int(meta.ddid_spw[part.ddid])]
     pols = meta.pol_labels[int(meta.ddid_pol[part.ddid])]
     nchan, npol, nbl = len(spw.chan_freq), len(pols), len(part.baselines)
-    itemsize = 4 if single_dish else 8
-    chunks = _time_chunks(part, nbl * nchan * npol * itemsize, options)
-
-    # Rows of each time chunk: rows are sorted by row number, not time, so select by time index.
-    order = np.argsort(part.time_index, kind="stable")
-    t_sorted = part.time_index[order]
     blocks: dict[str, list[da.Array]] = {}
-    t0 = 0
-    data_dims = (nbl, nchan, npol)
-    for nt in chunks:
-        lo, hi = np.searchsorted(t_sorted, [t0, t0 + nt])
-        sel = np.sort(order[lo:hi])
-        block = dask.delayed(_read_block, pure=True)(
-            ms_path, part.rows[sel], part.time_index[sel] - t0, part.bl_index[sel],
-            (nt, nbl, nchan, npol), columns, single_dish,
-            dask_key_name=f"read-{part.name}-{t0}-{abs(hash(ms_path))}",
+    for chunk in plan:
+        block = dask.delayed(_read_block, pure=True, traverse=False)(
+            ms_path, chunk.rows, chunk.ti, chunk.bi, chunk.shape, columns, single_dish,
+            dask_key_name=f"read-{part.name}-{chunk.t0}-{abs(hash(ms_path))}",
         )  # fmt: skip
-        specs = {
-            schema.MSV2_ROW: ((nt, nbl), np.int64),
-            schema.FLAG: ((nt,) + data_dims, bool),
-            schema.WEIGHT: ((nt,) + data_dims, np.float32),
-            schema.TIME_CENTROID: ((nt, nbl), np.float64),
-            schema.EFFECTIVE_INTEGRATION_TIME: ((nt, nbl), np.float64),
-            schema.NONFINITE_FLAGGED: ((nt,), np.int64),
-        }
-        for col in columns.data:
-            specs[col] = ((nt,) + data_dims, np.float32 if single_dish else np.complex64)
-        if columns.has_uvw:
-            specs[schema.UVW] = ((nt, nbl, 3), np.float64)
-        for name, (shape, dtype) in specs.items():
+        for name, (shape, dtype) in _chunk_specs(chunk, columns, single_dish).items():
             blocks.setdefault(name, []).append(da.from_delayed(block[name], shape, dtype))
-        t0 += nt
     arrays = {name: da.concatenate(parts, axis=0) for name, parts in blocks.items()}
 
     if single_dish:
@@ -572,15 +606,31 @@ def _sub_datasets(
 
 def build_tree(ms_path: str | os.PathLike, options: ConvertOptions | None = None) -> xr.DataTree:
     """The lazy DataTree of an MS: metadata in memory, bulk data as dask arrays (unread)."""
-    options = options or ConvertOptions()
+    return _plan(ms_path, options or ConvertOptions()).tree
+
+
+@dataclass
+class _Plan:
+    ms_path: str
+    tree: xr.DataTree
+    chunks: dict[str, list[_Chunk]]  # partition name -> its time chunks
+    columns: _Columns
+    single_dish: bool
+
+
+def _plan(ms_path: str | os.PathLike, options: ConvertOptions) -> _Plan:
     ms = os.path.abspath(ms_path)
     open_ms(ms)
     meta = st.read_metadata(ms)
     partitions, single_dish = plan_partitions(ms, meta)
     columns = _choose_columns(ms, options, single_dish)
     nodes: dict[str, xr.Dataset] = {}
+    plans: dict[str, list[_Chunk]] = {}
     for part in partitions:
-        nodes[f"/{part.name}"] = _partition_dataset(ms, part, meta, columns, single_dish, options)
+        plans[part.name] = _chunk_plan(part, meta, single_dish, options)
+        nodes[f"/{part.name}"] = _partition_dataset(
+            ms, part, plans[part.name], meta, columns, single_dish
+        )
         for sub_name, sub in _sub_datasets(ms, part, meta, options).items():
             nodes[f"/{part.name}/{sub_name}"] = sub
     nrows = open_ms(ms).nrows()
@@ -599,7 +649,7 @@ def build_tree(ms_path: str | os.PathLike, options: ConvertOptions | None = None
     # The root type is set last, after the data are written: until then the store is not a
     # processing set and radflow.open refuses it.
     tree.attrs = {k: v for k, v in root_attrs.items() if k != schema.ATTR_TYPE}
-    return tree
+    return _Plan(ms, tree, plans, columns, single_dish)
 
 
 def _encoding(tree: xr.DataTree, level: int) -> dict[str, dict]:
@@ -618,26 +668,44 @@ def _encoding(tree: xr.DataTree, level: int) -> dict[str, dict]:
 
 @dataclass
 class PendingStore:
-    """A conversion whose graph is built but not computed.
+    """A conversion whose store skeleton is written but whose bulk data are not.
 
     Compute ``graph`` (with those of other EBs, in one ``dask.compute``), then call
-    :meth:`finish` with the result to seal and rename the store, or :meth:`abort`.
+    :meth:`finish` to seal and rename the store, or :meth:`abort`.
     """
 
     final: Path
     tmp: Path
     graph: object
     names: list[str]
+    tree_layout: zarr_layout.TreeLayout
 
-    def finish(self) -> Path:
+    def finish(self, *, rescan: bool = False) -> Path:
+        """Record each partition's count of non-finite samples, seal the store (only a store
+        whose root type is a processing set is accepted by ``radflow.open``) and rename it.
+
+        rescan
+            The store was changed since :func:`prepare` (a run wrote its results into it):
+            consolidate the metadata from the store, not from the layout kept in memory.
+        """
         with quiet_zarr_spec_warnings():
             root = zarr.open_group(zarr_url(self.tmp), mode="r+")
-            for name in self.names:
-                total = int(root[name][schema.NONFINITE_FLAGGED][:].sum())
-                root[name].attrs[schema.ATTR_NAN_COUNT] = total
-            # Sealing: only a store with this root type is accepted by radflow.open.
-            root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
-            zarr.consolidate_metadata(zarr_url(self.tmp))
+            totals = {
+                name: int(root[f"{name}/{schema.NONFINITE_FLAGGED}"][:].sum())
+                for name in self.names
+            }
+            if rescan:
+                for name, total in totals.items():
+                    root[name].attrs[schema.ATTR_NAN_COUNT] = total
+                root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
+                zarr.consolidate_metadata(zarr_url(self.tmp))
+            else:
+                for name, total in totals.items():
+                    self.tree_layout.update_group_attrs(name, {schema.ATTR_NAN_COUNT: total})
+                self.tree_layout.update_group_attrs(
+                    "", {schema.ATTR_TYPE: schema.TYPE_PROCESSING_SET}
+                )
+                zarr_layout.write_documents(self.tmp, self.tree_layout, self.names)
         return commit_output(self.tmp, self.final)
 
     def abort(self) -> None:
@@ -651,28 +719,61 @@ def prepare(
     overwrite: bool = False,
     options: ConvertOptions | None = None,
 ) -> PendingStore:
-    """Plan the conversion of one MS and build its (uncomputed) write graph."""
+    """Plan the conversion of one MS, write the store's metadata, coordinates and
+    sub-datasets under a temporary name, and build the (uncomputed) graph of its bulk data:
+    one task per time chunk of a partition, which reads the chunk's rows and writes every
+    bulk array's chunk. Computing it returns the number of non-finite samples flagged."""
     options = options or ConvertOptions()
     out = location(store_path) if store_path else default_store_path(ms_path)
-    tree = build_tree(ms_path, options)
+    plan = _plan(ms_path, options)
+    tree_layout = zarr_layout.layout(plan.tree, _encoding(plan.tree, options.compression_level))
     tmp = begin_output(out, overwrite)
     try:
-        with quiet_zarr_spec_warnings():
-            delayed = tree.to_zarr(
-                zarr_url(tmp),
-                mode="w",
-                consolidated=False,
-                compute=False,
-                encoding=_encoding(tree, options.compression_level),
-                zarr_format=3,
-                # zarr would compare every chunk with the fill value, on its one event-loop
-                # thread, to skip empty ones; visibility chunks are never empty.
-                write_empty_chunks=True,
+        zarr_layout.write(tmp, tree_layout)
+        arrays = zarr_layout.open_arrays(tmp, tree_layout, tree_layout.lazy)
+        tasks = []
+        variables = _store_variables(plan)
+        for name, chunks in plan.chunks.items():
+            targets = {key: arrays[f"{name}/{var}"] for key, var in variables.items()}
+            tasks.extend(
+                dask.delayed(_convert_chunk, pure=True, traverse=False)(
+                    plan.ms_path,
+                    chunk,
+                    plan.columns,
+                    plan.single_dish,
+                    targets,
+                    dask_key_name=f"convert-{name}-{chunk.t0}-{abs(hash(plan.ms_path))}",
+                )  # fmt: skip
+                for chunk in chunks
             )
+        graph = dask.delayed(sum, pure=True)(tasks, dask_key_name=f"converted-{tmp.name}")
     except BaseException:
         abort_output(tmp)
         raise
-    return PendingStore(out, tmp, delayed, list(tree.children))
+    return PendingStore(out, tmp, graph, list(plan.tree.children), tree_layout)
+
+
+def _store_variables(plan: _Plan) -> dict[str, str]:
+    """The partition variable each array of :func:`_read_block`'s result is written to."""
+    base = schema.SPECTRUM if plan.single_dish else schema.VISIBILITY
+    data = {col: schema.data_var_name(base, group) for col, group in plan.columns.data.items()}
+    return {key: data.get(key, key) for key in _block_keys(plan.columns)}
+
+
+def _convert_chunk(
+    ms_path: str,
+    chunk: _Chunk,
+    columns: _Columns,
+    single_dish: bool,
+    targets: dict[str, zarr.Array],
+) -> int:
+    """Read one time chunk of a partition and write it into the store's arrays (whole zarr
+    chunks: a time chunk is a zarr chunk). Returns the count of non-finite samples flagged."""
+    block = _read_block(ms_path, chunk.rows, chunk.ti, chunk.bi, chunk.shape, columns, single_dish)
+    rows = slice(chunk.t0, chunk.t0 + chunk.shape[0])
+    for key, target in targets.items():
+        target[rows] = block[key]
+    return int(block[schema.NONFINITE_FLAGGED].sum())
 
 
 def convert_many(

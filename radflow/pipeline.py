@@ -429,11 +429,10 @@ def _open_unsealed(tmp: Path, after: Any) -> xr.DataTree:
     conversion graph `after`: the recipe then reads exactly what the conversion wrote."""
     from dask.graph_manipulation import bind
 
-    # Opened through consolidated metadata, as radflow.open opens the finished store: the same
-    # node and variable order, so the recipe's results are the same as on the finished store.
-    # The consolidated copy is dropped again before the writes (as begin_update does).
+    # Opened through the consolidated metadata the converter wrote, as radflow.open opens the
+    # finished store: the same node and variable order, so the recipe's results are the same as
+    # on the finished store. It is dropped before the writes (as begin_update does).
     with store.quiet_zarr_spec_warnings():
-        zarr.consolidate_metadata(store.zarr_url(tmp))
         tree = store.open_tree(tmp)
     store.drop_consolidated(tmp)
     nodes = {}
@@ -767,7 +766,7 @@ def _seal(block: _Block) -> None:
                 root = zarr.open_group(store.zarr_url(block.tmp), mode="r+")
                 root.attrs[schema.ATTR_RUN] = record
             if block.pending is not None:
-                block.pending.finish()
+                block.pending.finish(rescan=True)
             else:
                 store.finish_update(block.tmp, eb.path)
             block.pending = block.tmp = None
