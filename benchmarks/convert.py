@@ -589,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"note: {r.tool}: {note}")
             if not args.keep:
                 shutil.rmtree(ms, ignore_errors=True)
+                shutil.rmtree(ms.with_name(ms.name + ".truth.zarr"), ignore_errors=True)
 
         if len(args.size_list) > 1:
             print("\n=== peak RSS (MB) by MS size " + "=" * 60)

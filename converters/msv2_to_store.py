@@ -9,6 +9,7 @@ the same graph. Memory per task is one chunk, whatever the size of the MS.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -688,13 +689,15 @@ class PendingStore:
             The store was changed since :func:`prepare` (a run wrote its results into it):
             consolidate the metadata from the store, not from the layout kept in memory.
         """
+        counts = zarr_layout.open_arrays(
+            self.tmp, self.tree_layout, [f"{n}/{schema.NONFINITE_FLAGGED}" for n in self.names]
+        )
+        totals = {
+            name: int(a[:].sum()) for name, a in zip(self.names, counts.values(), strict=True)
+        }
         with quiet_zarr_spec_warnings():
-            root = zarr.open_group(zarr_url(self.tmp), mode="r+")
-            totals = {
-                name: int(root[f"{name}/{schema.NONFINITE_FLAGGED}"][:].sum())
-                for name in self.names
-            }
             if rescan:
+                root = zarr.open_group(zarr_url(self.tmp), mode="r+")
                 for name, total in totals.items():
                     root[name].attrs[schema.ATTR_NAN_COUNT] = total
                 root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
@@ -735,17 +738,14 @@ def prepare(
         variables = _store_variables(plan)
         for name, chunks in plan.chunks.items():
             targets = {key: arrays[f"{name}/{var}"] for key, var in variables.items()}
+            # The arguments go in a partial: dask would otherwise walk through every field of
+            # the dataclasses (zarr arrays, chunk plans) looking for dask objects.
             tasks.extend(
-                dask.delayed(_convert_chunk, pure=True, traverse=False)(
-                    plan.ms_path,
-                    chunk,
-                    plan.columns,
-                    plan.single_dish,
-                    targets,
-                    dask_key_name=f"convert-{name}-{chunk.t0}-{abs(hash(plan.ms_path))}",
-                )  # fmt: skip
+                dask.delayed(functools.partial(
+                    _convert_chunk, plan.ms_path, chunk, plan.columns, plan.single_dish, targets
+                ))(dask_key_name=f"convert-{name}-{chunk.t0}-{abs(hash(plan.ms_path))}")
                 for chunk in chunks
-            )
+            )  # fmt: skip
         graph = dask.delayed(sum, pure=True)(tasks, dask_key_name=f"converted-{tmp.name}")
     except BaseException:
         abort_output(tmp)

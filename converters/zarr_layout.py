@@ -16,7 +16,10 @@ the same tree.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import unicodedata
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -35,8 +38,7 @@ from xarray.backends.zarr import (
     extract_zarr_variable_encoding,
 )
 from zarr.codecs import BytesCodec, ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.dtype import get_data_type_from_native_dtype
+from zarr.core.dtype import ZDType, get_data_type_from_native_dtype
 from zarr.core.group import ConsolidatedMetadata, GroupMetadata
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.storage import FsspecStore, LocalStore, StorePath
@@ -64,6 +66,9 @@ class TreeLayout:
     chunks: dict[str, bytes] = field(default_factory=dict)
     lazy: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._dicts: dict[str, dict[str, Any]] = {}
+
     def update_group_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
         """Add `attrs` to the attributes of the group at `path` (``""``: the root)."""
         encoded = {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
@@ -72,32 +77,46 @@ class TreeLayout:
             return
         group = self.nodes[path]
         self.nodes[path] = replace(group, attributes={**group.attributes, **encoded})
+        self._dicts.pop(path, None)
 
     def document(self, path: str) -> bytes:
         """The ``zarr.json`` of the node at `path`; for the root (``""``) with the whole
-        store's consolidated metadata, in the form ``zarr.consolidate_metadata`` writes."""
+        store's consolidated metadata, as ``zarr.consolidate_metadata`` writes it."""
         if path != "":
-            return _json(self.nodes[path])
-        # zarr gives every group in consolidated metadata an (empty) consolidated block of its
-        # own; readers compare against that form.
-        empty = ConsolidatedMetadata(metadata={})
-        listed = {
-            p: replace(m, consolidated_metadata=empty) if isinstance(m, GroupMetadata) else m
-            for p, m in self.nodes.items()
-        }
+            return _json(self._dict(path))
         root = GroupMetadata(
             attributes=self.root_attrs,
             zarr_format=3,
-            consolidated_metadata=ConsolidatedMetadata(metadata=listed),
+            consolidated_metadata=ConsolidatedMetadata(metadata={}),
+        ).to_dict()
+        # zarr lists the nodes by depth, then by case-folded name, and gives every group an
+        # empty consolidated block of its own.
+        ordered = sorted(
+            self.nodes, key=lambda p: (p.count("/"), unicodedata.normalize("NFKC", p).casefold())
         )
+        root["consolidated_metadata"]["metadata"] = {
+            p: {**self._dict(p), "consolidated_metadata": _EMPTY_CONSOLIDATED}
+            if isinstance(self.nodes[p], GroupMetadata)
+            else self._dict(p)
+            for p in ordered
+        }
         return _json(root)
 
+    def _dict(self, path: str) -> dict[str, Any]:
+        # each array's dict goes into its own document and into the root's listing
+        if path not in self._dicts:
+            with quiet_zarr_spec_warnings():
+                self._dicts[path] = self.nodes[path].to_dict()
+        return self._dicts[path]
 
-def _json(meta: ArrayV3Metadata | GroupMetadata) -> bytes:
-    # Without indentation, json uses its C encoder: 5-10x faster on the root document, which
-    # lists every node of the store.
-    with zarr.config.set({"json_indent": None}), quiet_zarr_spec_warnings():
-        return meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+_EMPTY_CONSOLIDATED = ConsolidatedMetadata(metadata={}).to_dict()
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    # No indentation (zarr indents by 2): json then uses its C encoder, 5-10x faster on the
+    # root document, which lists every node of the store. NaN as zarr writes it.
+    return json.dumps(document, allow_nan=True).encode()
 
 
 def layout(
@@ -149,7 +168,7 @@ def _array(var: xr.Variable, name: Any, checked: bool) -> tuple[ArrayV3Metadata,
         if value is not None:
             attrs["_FillValue"] = FillValueCoder.encode(value, v.dtype)
     enc = extract_zarr_variable_encoding(v, raise_on_invalid=checked, name=name, zarr_format=3)
-    dtype = get_data_type_from_native_dtype(v.dtype)
+    dtype = _zarr_dtype(v.dtype)
     lazy = v.chunks is not None
     if lazy:
         chunk_shape = tuple(enc["chunks"])
@@ -174,6 +193,11 @@ def _array(var: xr.Variable, name: Any, checked: bool) -> tuple[ArrayV3Metadata,
     return meta, values
 
 
+@functools.cache
+def _zarr_dtype(dtype: np.dtype) -> ZDType:
+    return get_data_type_from_native_dtype(dtype)
+
+
 def write(path: str | os.PathLike, tree_layout: TreeLayout) -> None:
     """Write every document and in-memory chunk of `tree_layout` under `path` (a directory
     or object-store prefix), concurrently; the root ``zarr.json`` last."""
@@ -196,12 +220,14 @@ def _put(path: str | os.PathLike, files: Mapping[str, bytes]) -> None:
         where.fs.pipe({f"{where.path}/{key}": data for key, data in files.items()})
         return
     root = Path(where)
-    for directory in sorted({os.path.dirname(key) for key in files}):
-        (root / directory).mkdir(parents=True, exist_ok=True)
 
     def put_some(items: list[tuple[str, bytes]]) -> None:
         for key, data in items:
-            (root / key).write_bytes(data)
+            try:
+                (root / key).write_bytes(data)
+            except FileNotFoundError:
+                (root / key).parent.mkdir(parents=True, exist_ok=True)
+                (root / key).write_bytes(data)
 
     # a few threads, each with a share of the files: one task per file costs more to submit
     # than to write

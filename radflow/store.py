@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array
+import numcodecs
+import numpy as np
 import xarray as xr
 import zarr
 from upath import UPath
+from xarray.backends.zarr import FillValueCoder
 
 from radflow import schema
 
@@ -259,54 +263,193 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
 
     Coordinates, and whole sub-datasets (antennas, Tsys spectra, pointing: small next to the
     visibilities), are read into memory; steps may read time stamps, names and intents eagerly
-    only from them. Bulk variables become dask arrays with the zarr chunks. A store has
-    hundreds of small groups: xarray's own dask wrapping and index building per group cost far
-    more than reading them, so both are done here directly (named by the store's path and
-    modification time, so the same store always gives the same graph keys).
+    only from them. Bulk variables become dask arrays with the zarr chunks, named by the
+    store's path and modification time, so the same store always gives the same graph keys.
+
+    A store has hundreds of small groups. Through xarray's zarr backend each group costs a
+    zarr group, an xarray store and a dataset, and each small array a read through zarr's
+    synchronous wrapper (~7 s for a 112-partition EB). Here the whole tree is read from the
+    root's consolidated metadata: the small arrays' chunks are fetched concurrently and
+    decoded directly, and the variables are CF-decoded by xarray as its backend would.
     """
     p = location(path)
-    with quiet_zarr_spec_warnings():
-        raw = xr.open_datatree(
-            zarr_url(p), engine="zarr", chunks=None, consolidated=True,
-            create_default_indexes=False,
-        )  # fmt: skip
+    root = json.loads((p / _ROOT_METADATA).read_bytes())
+    listing = (root.get("consolidated_metadata") or {}).get("metadata")
+    if listing is None:
+        raise StoreError(f"{p}: the root zarr.json has no consolidated metadata")
     token = dask.base.tokenize(*_version(p))
-    datasets = {node.path: node.to_dataset(inherit=False) for node in raw.subtree}
-    bulk = {k for k, ds in datasets.items() if ds.attrs.get(schema.ATTR_TYPE, "") in _LAZY_TYPES
-            or not ds.attrs.get(schema.ATTR_TYPE)}  # fmt: skip
-    small = [v for path, ds in datasets.items() for k, v in ds.variables.items()
-             if path not in bulk or k in ds.coords]  # fmt: skip
-    _load_concurrently(small)
-    nodes = {}
-    for path, ds in datasets.items():
-        coords = {k: v.variable.load() for k, v in ds.coords.items()}
-        if path in bulk:
-            data = {k: v.variable for k, v in ds.data_vars.items()}
-            chunks: dict[str, int] = {}
-            for v in data.values():
-                for dim, size in (v.encoding.get("preferred_chunks") or {}).items():
-                    chunks.setdefault(dim, size)
-            # chunked before the coordinates join, which stay in memory
-            out = xr.Dataset(data, attrs=ds.attrs)
-            out = out.chunk(chunks, name_prefix=f"radflow-{path}-", token=token)
-            out = out.assign_coords(coords)
+    groups: dict[str, dict[str, dict]] = {"": {}}
+    group_attrs = {"": root.get("attributes") or {}}
+    for key, meta in listing.items():
+        parent, _, name = key.rpartition("/")
+        if meta["node_type"] == "group":
+            groups.setdefault(key, {})
+            group_attrs[key] = meta.get("attributes") or {}
         else:
-            data = {k: v.variable.load() for k, v in ds.data_vars.items()}
-            out = xr.Dataset(data, coords=coords, attrs=ds.attrs)
-        nodes[path] = out
+            groups.setdefault(parent, {})[name] = meta
+    bulk = {g for g, attrs in group_attrs.items() if attrs.get(schema.ATTR_TYPE, "") in _LAZY_TYPES
+            or not attrs.get(schema.ATTR_TYPE)}  # fmt: skip
+    small = {
+        f"{g}/{name}".lstrip("/"): meta
+        for g, arrays in groups.items()
+        for name, meta in arrays.items()
+        if g not in bulk or name in _coordinate_names(arrays, group_attrs[g])
+    }
+    values = _read_small_arrays(p, small)
+    store = _zarr_store(p)
+    nodes = {}
+    for g, arrays in groups.items():
+        variables = {}
+        for name, meta in arrays.items():
+            key = f"{g}/{name}".lstrip("/")
+            if key in values:
+                variables[name] = _variable(meta, values[key], {})
+            else:
+                variables[name] = _lazy_variable(store, key, meta, token)
+        attrs = {k: v for k, v in group_attrs[g].items() if not k.lower().startswith("_nc")}
+        decoded, attrs, coord_names = xr.conventions.decode_cf_variables(variables, attrs)
+        coords = {k: v for k, v in decoded.items() if k in coord_names or v.dims == (k,)}
+        data = {k: v for k, v in decoded.items() if k not in coords}
+        nodes["/" + g] = xr.Dataset(data, coords=coords, attrs=attrs)
     return xr.DataTree.from_dict(nodes)
 
 
-def _load_concurrently(variables: list[xr.Variable]) -> None:
-    """Read many small arrays into memory at once: each read waits on zarr's event loop (and on
-    an object store, on the network), so many in flight cost little more than one."""
-    if len(variables) < 2:
-        for v in variables:
-            v.load()
-        return
-    with ThreadPoolExecutor(max_workers=min(_READ_CONCURRENCY, len(variables))) as pool:
-        for _ in pool.map(xr.Variable.load, variables):
-            pass
+def _coordinate_names(arrays: dict[str, dict], attrs: dict) -> set[str]:
+    """The names CF decoding will make coordinates of: dimension coordinates and those listed
+    in a ``coordinates`` attribute (of a variable or of the group)."""
+    names = {n for n, m in arrays.items() if m.get("dimension_names") == [n]}
+    for listed in [attrs, *(m.get("attributes") or {} for m in arrays.values())]:
+        names.update(str(listed.get("coordinates", "")).split())
+    return names
+
+
+def _variable(meta: dict, data: Any, encoding: dict) -> xr.Variable:
+    """A variable as xarray's zarr backend makes it, before CF decoding."""
+    attrs = dict(meta.get("attributes") or {})
+    dtype = data.dtype
+    if "_FillValue" in attrs:
+        attrs["_FillValue"] = FillValueCoder.decode(attrs["_FillValue"], dtype)
+    chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    dims = tuple(meta.get("dimension_names") or ())
+    encoding = {"chunks": chunks, "preferred_chunks": dict(zip(dims, chunks, strict=True)),
+                "fill_value": _fill_value(meta, dtype), **encoding}  # fmt: skip
+    return xr.Variable(dims, data, attrs, encoding)
+
+
+def _lazy_variable(store: Any, key: str, meta: dict, token: str) -> xr.Variable:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+    from zarr.storage import StorePath
+
+    with quiet_zarr_spec_warnings():
+        array = zarr.Array(zarr.AsyncArray(ArrayV3Metadata.from_dict(dict(meta)),
+                                           StorePath(store, key)))  # fmt: skip
+    data = dask.array.from_array(
+        array, chunks=array.chunks, name=f"radflow-{key}-{token}", lock=False,
+        meta=np.empty((0,) * array.ndim, array.dtype),
+    )  # fmt: skip
+    encoding = {"compressors": array.compressors, "filters": array.filters,
+                "serializer": array.serializer, "shards": array.shards}  # fmt: skip
+    return _variable(meta, data, encoding)
+
+
+def _zarr_store(p: Path) -> Any:
+    from zarr.storage import FsspecStore, LocalStore
+
+    return FsspecStore.from_url(zarr_url(p)) if is_url(p) else LocalStore(Path(p))
+
+
+# zarr v3 data types read without zarr; others go through zarr.
+_NUMERIC_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                  "uint64", "float32", "float64", "complex64", "complex128"}  # fmt: skip
+
+
+def _numpy_dtype(meta: dict) -> np.dtype | None:
+    data_type = meta["data_type"]
+    if isinstance(data_type, str):
+        return np.dtype(data_type) if data_type in _NUMERIC_TYPES else None
+    if data_type.get("name") == "fixed_length_utf32":
+        return np.dtype(f"U{data_type['configuration']['length_bytes'] // 4}")
+    return None
+
+
+def _fill_value(meta: dict, dtype: np.dtype) -> Any:
+    """The zarr fill value of `meta`, as a numpy scalar of `dtype`."""
+    value = meta.get("fill_value")
+    if dtype.kind == "c":
+        return dtype.type(complex(float(value[0]), float(value[1])))
+    if dtype.kind == "f":
+        return dtype.type(float(value))  # "NaN", "Infinity" and "-Infinity" parse too
+    return dtype.type(value)
+
+
+def _simple_chunk(meta: dict) -> tuple[np.dtype, Any] | None:
+    """(dtype, decompressor) of an array stored as one chunk through the bytes codec and at
+    most one zstd or blosc compressor (what radflow writes for small arrays); None for any
+    other layout, which zarr then reads."""
+    dtype = _numpy_dtype(meta)
+    chunk_shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    codecs = meta["codecs"]
+    if (
+        dtype is None
+        or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
+        or any(n > c for n, c in zip(meta["shape"], chunk_shape, strict=True))
+        or not codecs
+        or codecs[0]["name"] != "bytes"
+        or len(codecs) > 2
+    ):
+        return None
+    if (codecs[0].get("configuration") or {}).get("endian", "little") == "big":
+        dtype = dtype.newbyteorder(">")
+    if len(codecs) == 1:
+        return dtype, None
+    decompressor = {"zstd": numcodecs.Zstd, "blosc": numcodecs.Blosc}.get(codecs[1]["name"])
+    return (dtype, decompressor()) if decompressor else None
+
+
+def _read_small_arrays(p: Path, arrays: dict[str, dict]) -> dict[str, np.ndarray]:
+    """Read whole arrays (store path -> zarr metadata) into memory, concurrently."""
+    simple = {k: spec for k, m in arrays.items() if (spec := _simple_chunk(m))}
+    chunk_keys = {k: f"{k}/c" + "/0" * len(arrays[k]["shape"]) for k in simple}
+    raw = _fetch(p, list(chunk_keys.values()))
+    out = {}
+    for key, (dtype, decompressor) in simple.items():
+        meta = arrays[key]
+        shape = tuple(meta["shape"])
+        blob = raw.get(chunk_keys[key])
+        if blob is None:  # never written: all fill value
+            out[key] = np.full(shape, _fill_value(meta, dtype.newbyteorder("=")), dtype)
+            continue
+        chunk = np.frombuffer(decompressor.decode(blob) if decompressor else blob, dtype)
+        chunk = chunk.reshape(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        out[key] = chunk[tuple(slice(0, n) for n in shape)].astype(dtype.newbyteorder("="))
+    others = [k for k in arrays if k not in simple]
+    if others:
+        with quiet_zarr_spec_warnings():
+            group = zarr.open_group(zarr_url(p), mode="r", use_consolidated=True)
+            out.update({k: group[k][...] for k in others})
+    return out
+
+
+def _fetch(p: Path, keys: list[str]) -> dict[str, bytes]:
+    """The objects at `keys` under `p` that exist, fetched concurrently."""
+    if is_url(p):
+        found = p.fs.cat([f"{p.path}/{k}" for k in keys], on_error="omit")
+        return {k: found[f"{p.path}/{k}"] for k in keys if f"{p.path}/{k}" in found}
+
+    def read(share: list[str]) -> dict[str, bytes]:
+        found = {}
+        for key in share:
+            with contextlib.suppress(FileNotFoundError):
+                found[key] = (Path(p) / key).read_bytes()
+        return found
+
+    # a share of the keys per thread: one task per small file costs more to submit than to read
+    shares = [keys[k::_READ_CONCURRENCY] for k in range(min(_READ_CONCURRENCY, len(keys)))]
+    out: dict[str, bytes] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(shares))) as pool:
+        for found in pool.map(read, shares):
+            out.update(found)
+    return out
 
 
 _READ_CONCURRENCY = 32
