@@ -11,7 +11,8 @@ fresh copies of the stores, starts a ``LocalCluster`` of that many worker proces
 each, ``--memory-limit`` per worker) with :func:`radflow.cluster.dask_client`, and runs the
 ``alma_sd`` recipe (tsys -> sky -> sdcal -> baseline -> jyperk) over all EBs with
 :func:`radflow.pipeline.run` (what ``radflow run alma_sd EB1 ... EBn --workers W`` does: every
-EB's graph is built, all are submitted together, each EB is written as soon as it is done).
+EB's graph is built in the driver and submitted as soon as it is built, while the workers
+compute the EBs before it; each EB is written as soon as it is done).
 
 Per worker count:
 

@@ -701,7 +701,7 @@ class PendingStore:
                 for name, total in totals.items():
                     root[name].attrs[schema.ATTR_NAN_COUNT] = total
                 root.attrs[schema.ATTR_TYPE] = schema.TYPE_PROCESSING_SET
-                zarr.consolidate_metadata(zarr_url(self.tmp))
+                zarr_layout.consolidate(self.tmp)
             else:
                 for name, total in totals.items():
                     self.tree_layout.update_group_attrs(name, {schema.ATTR_NAN_COUNT: total})

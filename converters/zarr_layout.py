@@ -21,11 +21,12 @@ import json
 import os
 import unicodedata
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array
 import numcodecs
 import numpy as np
 import xarray as xr
@@ -43,12 +44,18 @@ from zarr.core.group import ConsolidatedMetadata, GroupMetadata
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.storage import FsspecStore, LocalStore, StorePath
 
-from radflow.store import is_url, location, quiet_zarr_spec_warnings, zarr_url
+from radflow.store import (
+    is_url,
+    location,
+    quiet_zarr_spec_warnings,
+    read_objects,
+    write_objects,
+    zarr_url,
+)
 
 # zarr's default codec for arrays given no compressor; xarray writes in-memory arrays with it.
 _SMALL_ARRAY_LEVEL = 0
 _CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "/"}}
-_WRITE_THREADS = 16
 
 
 @dataclass
@@ -89,11 +96,8 @@ class TreeLayout:
             zarr_format=3,
             consolidated_metadata=ConsolidatedMetadata(metadata={}),
         ).to_dict()
-        # zarr lists the nodes by depth, then by case-folded name, and gives every group an
-        # empty consolidated block of its own.
-        ordered = sorted(
-            self.nodes, key=lambda p: (p.count("/"), unicodedata.normalize("NFKC", p).casefold())
-        )
+        # zarr gives every group listed an empty consolidated block of its own
+        ordered = sorted(self.nodes, key=_listing_order)
         root["consolidated_metadata"]["metadata"] = {
             p: {**self._dict(p), "consolidated_metadata": _EMPTY_CONSOLIDATED}
             if isinstance(self.nodes[p], GroupMetadata)
@@ -120,20 +124,30 @@ def _json(document: dict[str, Any]) -> bytes:
 
 
 def layout(
-    tree: xr.DataTree, encoding: Mapping[str, Mapping[str, dict]] | None = None
+    tree: xr.DataTree,
+    encoding: Mapping[str, Mapping[str, dict]] | None = None,
+    *,
+    prefix: str = "",
 ) -> TreeLayout:
     """The zarr layout of `tree` as ``tree.to_zarr(..., zarr_format=3, encoding=encoding)``
-    would write it: same documents, same attributes. Dask-backed variables need ``chunks``
-    in their encoding (and may give ``compressors``); in-memory ones become one chunk each."""
+    would write it: same documents, same attributes. Dask variables are chunked as their dask
+    chunks (or ``chunks`` in their encoding) and compressed with their ``compressors``;
+    in-memory ones become one chunk each.
+
+    prefix
+        Place the tree at this group of the store (its root becomes that group's node).
+    """
     with quiet_zarr_spec_warnings():
-        return _layout(tree, encoding or {})
+        return _layout(tree, encoding or {}, prefix.strip("/"))
 
 
-def _layout(tree: xr.DataTree, encoding: Mapping[str, Mapping[str, dict]]) -> TreeLayout:
+def _layout(
+    tree: xr.DataTree, encoding: Mapping[str, Mapping[str, dict]], prefix: str
+) -> TreeLayout:
     out = TreeLayout(root_attrs={})
     zstd = numcodecs.Zstd(level=_SMALL_ARRAY_LEVEL)
     for node in tree.subtree:
-        group = node.path.strip("/")
+        group = "/".join(p for p in (prefix, node.path.strip("/")) if p)
         variables, attrs = conventions.encode_dataset_coordinates(node.to_dataset(inherit=False))
         group_attrs = {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
         if group:
@@ -198,43 +212,73 @@ def _zarr_dtype(dtype: np.dtype) -> ZDType:
     return get_data_type_from_native_dtype(dtype)
 
 
-def write(path: str | os.PathLike, tree_layout: TreeLayout) -> None:
+def write(path: str | os.PathLike, tree_layout: TreeLayout, *, root: bool = True) -> None:
     """Write every document and in-memory chunk of `tree_layout` under `path` (a directory
-    or object-store prefix), concurrently; the root ``zarr.json`` last."""
+    or object-store prefix), concurrently; then the root ``zarr.json`` (unless `root` is
+    False: nodes added to an existing store, whose root is consolidated later)."""
     files = {f"{p}/zarr.json": tree_layout.document(p) for p in tree_layout.nodes}
     files.update(tree_layout.chunks)
-    _put(path, files)
-    _put(path, {"zarr.json": tree_layout.document("")})
+    write_objects(path, files)
+    if root:
+        write_objects(path, {"zarr.json": tree_layout.document("")})
+
+
+def write_dataset(path: str | os.PathLike, group: str, ds: xr.Dataset) -> Any:
+    """Write `ds` as the group `group` of the existing store at `path`: its attributes become
+    the group's, its variables new arrays beside those already there (as ``ds.to_zarr(path,
+    group=group, mode="a")`` does). Returns the uncomputed Dask write of its dask arrays."""
+    tree_layout = layout(xr.DataTree(ds), prefix=group)
+    write(path, tree_layout, root=False)
+    # parent groups missing (``calibration`` for ``calibration/tsys``) are made empty, as zarr
+    # makes them
+    parents = group.strip("/").split("/")[:-1]
+    where = location(path)
+    missing = ["/".join(parents[: k + 1]) for k in range(len(parents))]
+    missing = [g for g in missing if not (where / g / "zarr.json").exists()]
+    write_objects(path, {f"{g}/zarr.json": _json(GroupMetadata().to_dict()) for g in missing})
+    if not tree_layout.lazy:
+        return dask.delayed(None)
+    targets = open_arrays(path, tree_layout, tree_layout.lazy)
+    sources = [ds[p.rpartition("/")[2]].data for p in tree_layout.lazy]
+    # zarr chunks are the dask chunks (layout took them from there): no two tasks share a chunk
+    return dask.array.store(sources, list(targets.values()), lock=False, compute=False)
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Rewrite the root ``zarr.json`` of the store at `path` with the consolidated metadata of
+    every node below it, as ``zarr.consolidate_metadata`` does, but reading the nodes'
+    documents concurrently as plain files (zarr opens each node through its event loop)."""
+    where = location(path)
+    if is_url(where):
+        keys = [k[len(where.path) :].lstrip("/") for k in where.fs.find(where.path)]
+    else:
+        keys = [
+            os.path.relpath(os.path.join(d, "zarr.json"), where)
+            for d, _, files in os.walk(where)
+            if "zarr.json" in files
+        ]
+    keys = [k for k in keys if k.endswith("zarr.json") and k != "zarr.json"]
+    documents = read_objects(path, keys)
+    listing = {}
+    for key in sorted(keys, key=lambda k: _listing_order(k[: -len("/zarr.json")])):
+        node = json.loads(documents[key])
+        if node.get("node_type") == "group":
+            node = {**node, "consolidated_metadata": _EMPTY_CONSOLIDATED}
+        listing[key[: -len("/zarr.json")]] = node
+    root = json.loads(read_objects(path, ["zarr.json"])["zarr.json"])
+    root["consolidated_metadata"] = {**_EMPTY_CONSOLIDATED, "metadata": listing}
+    write_objects(path, {"zarr.json": _json(root)})
+
+
+def _listing_order(node: str) -> tuple[int, str]:
+    # zarr's order of consolidated metadata: by depth, then by case-folded name
+    return node.count("/"), unicodedata.normalize("NFKC", node).casefold()
 
 
 def write_documents(path: str | os.PathLike, tree_layout: TreeLayout, nodes: list[str]) -> None:
     """Rewrite the documents of `nodes`, then the root (with its consolidated metadata)."""
-    _put(path, {f"{p}/zarr.json": tree_layout.document(p) for p in nodes})
-    _put(path, {"zarr.json": tree_layout.document("")})
-
-
-def _put(path: str | os.PathLike, files: Mapping[str, bytes]) -> None:
-    where = location(path)
-    if is_url(where):
-        # fsspec's pipe sends a mapping's objects concurrently on async file systems (s3fs)
-        where.fs.pipe({f"{where.path}/{key}": data for key, data in files.items()})
-        return
-    root = Path(where)
-
-    def put_some(items: list[tuple[str, bytes]]) -> None:
-        for key, data in items:
-            try:
-                (root / key).write_bytes(data)
-            except FileNotFoundError:
-                (root / key).parent.mkdir(parents=True, exist_ok=True)
-                (root / key).write_bytes(data)
-
-    # a few threads, each with a share of the files: one task per file costs more to submit
-    # than to write
-    items = list(files.items())
-    shares = [items[k::_WRITE_THREADS] for k in range(min(_WRITE_THREADS, len(items)))]
-    with ThreadPoolExecutor(len(shares) or 1) as pool:
-        list(pool.map(put_some, shares))
+    write_objects(path, {f"{p}/zarr.json": tree_layout.document(p) for p in nodes})
+    write_objects(path, {"zarr.json": tree_layout.document("")})
 
 
 def open_arrays(
@@ -253,4 +297,12 @@ def open_arrays(
     }
 
 
-__all__ = ["TreeLayout", "layout", "open_arrays", "write", "write_documents"]
+__all__ = [
+    "TreeLayout",
+    "layout",
+    "open_arrays",
+    "write",
+    "write_dataset",
+    "write_documents",
+    "consolidate",
+]

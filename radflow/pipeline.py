@@ -36,7 +36,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -623,9 +623,11 @@ def _prepare(
 class _Bars:
     """Rich progress bars: the whole run and one per block."""
 
-    def __init__(self, blocks: Sequence[_Block], enabled: bool, console: Any = None):
+    def __init__(self, enabled: bool, console: Any = None):
         self.progress = None
-        if not enabled or not blocks:
+        self.tasks: dict[int, Any] = {}
+        self._counts: dict[int, tuple[int, int]] = {}
+        if not enabled:
             return
         from rich.progress import (
             BarColumn,
@@ -643,17 +645,21 @@ class _Bars:
             console=console,
         )
         self.total = self.progress.add_task("[bold]all blocks", total=None)
-        self.tasks = {id(b): self.progress.add_task(b.result.path.name, total=None) for b in blocks}
-        self._counts: dict[int, tuple[int, int]] = {}
 
     def __enter__(self) -> _Bars:
-        if self.progress is not None:
-            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.tasks:
             self.progress.stop()
+
+    def add(self, block: _Block) -> None:
+        """A bar for `block` (the display starts with the first block that has work)."""
+        if self.progress is None:
+            return
+        if not self.tasks:
+            self.progress.start()
+        self.tasks[id(block)] = self.progress.add_task(block.result.path.name, total=None)
 
     def update(self, block: _Block, done: int, total: int) -> None:
         if self.progress is None:
@@ -682,7 +688,7 @@ class _Bars:
 
 
 def _compute(
-    blocks: Sequence[_Block],
+    blocks: Iterable[_Block],
     client: Any,
     progress: bool,
     finalize: Callable[[_Block], None],
@@ -690,11 +696,18 @@ def _compute(
 ) -> None:
     """Compute the writes of every block; call ``finalize(block)`` as soon as a block's own
     writes are done (or failed: the error is in ``block.result.error``). Errors of one block
-    never stop the others; an error raised from here (the client itself failed) is fatal."""
-    active = [b for b in blocks if b.writes]
-    with _Bars(active, progress, console) as bars, store.quiet_zarr_spec_warnings():
+    never stop the others; an error raised from here (the client itself failed) is fatal.
+
+    `blocks` may be a generator that prepares each block when asked for it: on a cluster, a
+    block's writes are submitted as soon as it is prepared, so the workers compute the first
+    blocks while the driver builds the graphs of the next ones (and finalizes those done).
+    """
+    with _Bars(progress, console) as bars, store.quiet_zarr_spec_warnings():
         if client is None:
-            for b in active:
+            for b in blocks:
+                if not b.writes:
+                    continue
+                bars.add(b)
                 start = time.perf_counter()
                 callback = bars.dask_callback(b) if bars.progress is not None else None
                 try:
@@ -711,19 +724,13 @@ def _compute(
 
         from distributed import as_completed
 
-        flat = [w for b in active for w in b.writes]
-        start = time.perf_counter()
-        futures = client.compute(flat)
+        pending = as_completed()
         owner: dict[Any, _Block] = {}
         remaining: dict[int, int] = {}
-        it = iter(futures)
-        for b in active:
-            for _ in b.writes:
-                owner[next(it).key] = b
-            remaining[id(b)] = len(b.writes)
-            bars.update(b, 0, len(b.writes))
-        for future in as_completed(futures):
-            b = owner[future.key]
+        submitted: dict[int, float] = {}
+
+        def settle(future: Any) -> None:
+            b = owner.pop(future.key)
             if future.status == "error":
                 b.fail(future.exception())
             elif future.status != "finished":
@@ -731,9 +738,23 @@ def _compute(
             remaining[id(b)] -= 1
             bars.update(b, len(b.writes) - remaining[id(b)], len(b.writes))
             if remaining[id(b)] == 0:
-                b.result.compute_seconds = time.perf_counter() - start
+                b.result.compute_seconds = time.perf_counter() - submitted[id(b)]
                 finalize(b)
-        del futures
+
+        for b in blocks:
+            if not b.writes:
+                continue
+            bars.add(b)
+            submitted[id(b)] = time.perf_counter()
+            futures = client.compute(b.writes)
+            owner.update({f.key: b for f in futures})
+            remaining[id(b)] = len(futures)
+            bars.update(b, 0, len(b.writes))
+            pending.update(futures)
+            for future in pending.next_batch(block=False):
+                settle(future)
+        for future in pending:
+            settle(future)
 
 
 def _now_utc() -> str:
@@ -826,7 +847,8 @@ def run(
         radflow stores, or MeasurementSets (converted in the same graph to ``<name>.ps.zarr``
         beside them or in `outdir`; an MS whose store exists uses that store).
     client
-        A ``distributed.Client`` (all blocks are submitted together), or None for in-process
+        A ``distributed.Client`` (each block is submitted as soon as its graph is built, so
+        the workers compute while the next blocks are prepared), or None for in-process
         threads (blocks one after another).
     progress
         Rich progress bars: the whole run and one per block.
@@ -847,16 +869,20 @@ def run(
     t0 = time.perf_counter()
     outdir_path = store.location(outdir) if outdir is not None else None
     taken: set[Path] = set()
-    # Opening stores and building graphs reads only small metadata: the driver reads it itself
-    # (threads), rather than shipping hundreds of tiny reads to the cluster's workers.
-    with dask.config.set(scheduler="threads"):
-        blocks = [
-            _prepare(recipe, s, force=force, outdir=outdir_path,
-                     convert_options=convert_options, taken=taken)
-            for s in stores
-        ]  # fmt: skip
+    blocks: list[_Block] = []
+
+    def prepared() -> Iterator[_Block]:
+        for s in stores:
+            # Opening stores and building graphs reads only small metadata: the driver reads it
+            # itself (threads), rather than shipping hundreds of tiny reads to the workers.
+            with dask.config.set(scheduler="threads"):
+                block = _prepare(recipe, s, force=force, outdir=outdir_path,
+                                 convert_options=convert_options, taken=taken)  # fmt: skip
+            blocks.append(block)
+            yield block
+
     try:
-        _compute(blocks, client, progress, _finalize, console)
+        _compute(prepared(), client, progress, _finalize, console)
     except BaseException:
         for b in blocks:
             b.abort()

@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -410,7 +410,7 @@ def _read_small_arrays(p: Path, arrays: dict[str, dict]) -> dict[str, np.ndarray
     """Read whole arrays (store path -> zarr metadata) into memory, concurrently."""
     simple = {k: spec for k, m in arrays.items() if (spec := _simple_chunk(m))}
     chunk_keys = {k: f"{k}/c" + "/0" * len(arrays[k]["shape"]) for k in simple}
-    raw = _fetch(p, list(chunk_keys.values()))
+    raw = read_objects(p, list(chunk_keys.values()))
     out = {}
     for key, (dtype, decompressor) in simple.items():
         meta = arrays[key]
@@ -430,26 +430,54 @@ def _read_small_arrays(p: Path, arrays: dict[str, dict]) -> dict[str, np.ndarray
     return out
 
 
-def _fetch(p: Path, keys: list[str]) -> dict[str, bytes]:
-    """The objects at `keys` under `p` that exist, fetched concurrently."""
+def read_objects(path: str | os.PathLike, keys: list[str]) -> dict[str, bytes]:
+    """The files (objects) at `keys` under `path` that exist, read concurrently."""
+    p = location(path)
     if is_url(p):
         found = p.fs.cat([f"{p.path}/{k}" for k in keys], on_error="omit")
         return {k: found[f"{p.path}/{k}"] for k in keys if f"{p.path}/{k}" in found}
 
     def read(share: list[str]) -> dict[str, bytes]:
-        found = {}
+        out = {}
         for key in share:
             with contextlib.suppress(FileNotFoundError):
-                found[key] = (Path(p) / key).read_bytes()
-        return found
+                out[key] = (Path(p) / key).read_bytes()
+        return out
 
-    # a share of the keys per thread: one task per small file costs more to submit than to read
-    shares = [keys[k::_READ_CONCURRENCY] for k in range(min(_READ_CONCURRENCY, len(keys)))]
-    out: dict[str, bytes] = {}
-    with ThreadPoolExecutor(max_workers=max(1, len(shares))) as pool:
-        for found in pool.map(read, shares):
-            out.update(found)
-    return out
+    found: dict[str, bytes] = {}
+    for part in _in_shares(read, keys):
+        found.update(part)
+    return found
+
+
+def write_objects(path: str | os.PathLike, files: Mapping[str, bytes]) -> None:
+    """Write many files (objects) under `path` concurrently, making directories as needed."""
+    p = location(path)
+    if is_url(p):
+        # fsspec's pipe sends a mapping's objects concurrently on async file systems (s3fs)
+        p.fs.pipe({f"{p.path}/{key}": data for key, data in files.items()})
+        return
+
+    def write(share: list[tuple[str, bytes]]) -> None:
+        for key, data in share:
+            target = Path(p) / key
+            try:
+                target.write_bytes(data)
+            except FileNotFoundError:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+
+    _in_shares(write, list(files.items()))
+
+
+def _in_shares(work: Any, items: list) -> list:
+    """``work(share)`` for a share of `items` per thread: with one task per small file,
+    submitting costs more than reading or writing it."""
+    shares = [items[k::_READ_CONCURRENCY] for k in range(min(_READ_CONCURRENCY, len(items)))]
+    if not shares:
+        return []
+    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+        return list(pool.map(work, shares))
 
 
 _READ_CONCURRENCY = 32
@@ -541,29 +569,24 @@ def drop_consolidated(path: str | os.PathLike) -> None:
 def add_variables(tmp: Path, group: str, ds: xr.Dataset) -> Any:
     """Write `ds`'s data variables as new arrays of `group` in `tmp`, and its attrs as the
     group's attrs; returns the dask write to compute. Coordinates are not rewritten."""
-    new = ds.drop_vars(list(ds.coords))
-    with quiet_zarr_spec_warnings():
-        return new.to_zarr(zarr_url(tmp), group=group, mode="a", compute=False,
-                           consolidated=False, **_update_options(tmp))  # fmt: skip
+    from radflow.converters import zarr_layout
+
+    return zarr_layout.write_dataset(tmp, group, ds.drop_vars(list(ds.coords)))
 
 
 def add_group(tmp: Path, group: str, ds: xr.Dataset) -> Any:
     """Write `ds` as a new group of `tmp` (replacing one of that name); returns the dask write."""
-    with quiet_zarr_spec_warnings():
-        return ds.to_zarr(zarr_url(tmp), group=group, mode="w", compute=False,
-                          consolidated=False, **_update_options(tmp))  # fmt: skip
+    from radflow.converters import zarr_layout
 
-
-def _update_options(tmp: Path) -> dict[str, Any]:
-    # On an object store, _publish tells the arrays an update rewrote by their chunks in `tmp`:
-    # every chunk must be there, also those equal to the fill value (which zarr skips).
-    return {"write_empty_chunks": True} if is_url(tmp) else {}
+    remove_tree(location(tmp) / group)
+    return zarr_layout.write_dataset(tmp, group, ds)
 
 
 def finish_update(tmp: Path, path: str | os.PathLike) -> Path:
     """Consolidate `tmp`'s metadata and swap it in for the store at `path`."""
-    with quiet_zarr_spec_warnings():
-        zarr.consolidate_metadata(zarr_url(tmp))
+    from radflow.converters import zarr_layout
+
+    zarr_layout.consolidate(tmp)
     final = location(path)
     if is_url(final):
         _publish(location(tmp), final, replace=False)

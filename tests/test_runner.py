@@ -339,17 +339,17 @@ def test_killed_run_leaves_store_untouched_and_rerun_finishes_it(pristine, refer
     first, second = copies(pristine, tmp_path, 2)
     before = snapshot(second)
     log = (tmp_path / "run.log").open("w")
-    # threads: blocks are computed and written one after another
+    # threads: blocks are prepared, computed and written one after another
     proc = subprocess.Popen(
         radflow_cli("run", "alma_sd", str(first), str(second), "--no-progress"),
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 180
-    while not summary_path(first).exists():
+    while not (summary_path(first).exists() and list(tmp_path.glob(f".{second.name}.tmp-*"))):
         assert proc.poll() is None, (tmp_path / "run.log").read_text()
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)  # while the second block is being computed
+    proc.send_signal(signal.SIGKILL)  # while the second block is being built or computed
     assert proc.wait() == -signal.SIGKILL
     assert not summary_path(second).exists()
     stale = list(tmp_path.glob(f".{second.name}.tmp-*"))

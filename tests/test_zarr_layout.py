@@ -165,3 +165,29 @@ def test_open_tree_reads_arrays_of_any_layout(tmp_path):
     np.testing.assert_array_equal(ours["extra"]["several_chunks"].values, np.arange(10.0))
     assert np.isnan(ours["extra/unwritten"]["empty"].values).all()
     _assert_trees_identical(ours, reference)
+
+
+def test_consolidate_equals_zarr(tmp_path):
+    """The runner's consolidation lists every node as zarr's does, in zarr's order."""
+    import shutil
+
+    from radflow.converters.msv2_to_store import convert
+
+    ms = simulate_single_dish(tmp_path / "sd.ms", mode="ps", n_science_chan=16).ms_path
+    ours = convert(ms, tmp_path / "ours.ps.zarr")
+    extra = xr.Dataset({"x": ("t", np.arange(3.0))}, attrs={"note": np.nan})
+    with quiet_zarr_spec_warnings():
+        extra.to_zarr(ours, group="calibration/extra", mode="w", zarr_format=3,
+                      consolidated=False)  # fmt: skip
+    theirs = tmp_path / "theirs.ps.zarr"
+    shutil.copytree(ours, theirs)
+    zarr_layout.consolidate(ours)
+    with quiet_zarr_spec_warnings():
+        zarr.consolidate_metadata(theirs)
+    mine = json.loads((ours / "zarr.json").read_text())
+    reference = json.loads((theirs / "zarr.json").read_text())
+    assert "calibration/extra/x" in mine["consolidated_metadata"]["metadata"]
+    assert json.dumps(mine, sort_keys=True) == json.dumps(reference, sort_keys=True)
+    assert list(mine["consolidated_metadata"]["metadata"]) == list(
+        reference["consolidated_metadata"]["metadata"]
+    )
