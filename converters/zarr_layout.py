@@ -55,7 +55,11 @@ from radflow.store import (
 
 # zarr's default codec for arrays given no compressor; xarray writes in-memory arrays with it.
 _SMALL_ARRAY_LEVEL = 0
-_CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "/"}}
+# Chunk files named c.0.0.0 in their array's directory, rather than zarr's default c/0/0/0:
+# a 4-d array then needs one directory, not one per chunk and level (a single-dish EB had 13 000
+# directories for 10 000 files, and every copy and removal of a store walks them all).
+_CHUNK_SEPARATOR = "."
+_CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": _CHUNK_SEPARATOR}}
 
 
 @dataclass
@@ -164,7 +168,7 @@ def _layout(
             if values is None:
                 out.lazy.append(path)
             elif values.size:
-                key = f"{path}/c" + "/0" * values.ndim
+                key = f"{path}/c" + f"{_CHUNK_SEPARATOR}0" * values.ndim
                 out.chunks[key] = zstd.encode(values.tobytes())
     return out
 

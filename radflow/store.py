@@ -273,13 +273,24 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
     decoded directly, and the variables are CF-decoded by xarray as its backend would.
     """
     p = location(path)
+    groups, group_attrs = _listing(p)
+    if groups is None:
+        raise StoreError(f"{p}: the root zarr.json has no consolidated metadata")
+    bulk = {g for g, attrs in group_attrs.items() if attrs.get(schema.ATTR_TYPE, "") in _LAZY_TYPES
+            or not attrs.get(schema.ATTR_TYPE)}  # fmt: skip
+    token = dask.base.tokenize(*_version(p))
+    return xr.DataTree.from_dict(_datasets(p, groups, group_attrs, bulk, token))
+
+
+def _listing(p: Path) -> tuple[dict[str, dict[str, dict]] | None, dict[str, dict]]:
+    """The arrays (name -> zarr metadata) and the attributes of every group ("" the root) of
+    the store at `p`, from its root's consolidated metadata (None without it)."""
     root = json.loads((p / _ROOT_METADATA).read_bytes())
     listing = (root.get("consolidated_metadata") or {}).get("metadata")
-    if listing is None:
-        raise StoreError(f"{p}: the root zarr.json has no consolidated metadata")
-    token = dask.base.tokenize(*_version(p))
-    groups: dict[str, dict[str, dict]] = {"": {}}
     group_attrs = {"": root.get("attributes") or {}}
+    if listing is None:
+        return None, group_attrs
+    groups: dict[str, dict[str, dict]] = {"": {}}
     for key, meta in listing.items():
         parent, _, name = key.rpartition("/")
         if meta["node_type"] == "group":
@@ -287,16 +298,26 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
             group_attrs[key] = meta.get("attributes") or {}
         else:
             groups.setdefault(parent, {})[name] = meta
-    bulk = {g for g, attrs in group_attrs.items() if attrs.get(schema.ATTR_TYPE, "") in _LAZY_TYPES
-            or not attrs.get(schema.ATTR_TYPE)}  # fmt: skip
+    return groups, group_attrs
+
+
+def _datasets(
+    p: Path,
+    groups: dict[str, dict[str, dict]],
+    group_attrs: dict[str, dict],
+    lazy: set[str],
+    token: str,
+) -> dict[str, xr.Dataset]:
+    """The datasets of `groups` (path -> arrays): in the groups of `lazy`, data variables
+    are dask arrays; everything else is read into memory."""
     small = {
         f"{g}/{name}".lstrip("/"): meta
         for g, arrays in groups.items()
         for name, meta in arrays.items()
-        if g not in bulk or name in _coordinate_names(arrays, group_attrs[g])
+        if g not in lazy or name in _coordinate_names(arrays, group_attrs[g])
     }
     values = _read_small_arrays(p, small)
-    store = _zarr_store(p)
+    store = _zarr_store(p) if len(small) < sum(map(len, groups.values())) else None
     nodes = {}
     for g, arrays in groups.items():
         variables = {}
@@ -311,7 +332,7 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
         coords = {k: v for k, v in decoded.items() if k in coord_names or v.dims == (k,)}
         data = {k: v for k, v in decoded.items() if k not in coords}
         nodes["/" + g] = xr.Dataset(data, coords=coords, attrs=attrs)
-    return xr.DataTree.from_dict(nodes)
+    return nodes
 
 
 def _coordinate_names(arrays: dict[str, dict], attrs: dict) -> set[str]:
@@ -391,7 +412,7 @@ def _simple_chunk(meta: dict) -> tuple[np.dtype, Any] | None:
     codecs = meta["codecs"]
     if (
         dtype is None
-        or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
+        or meta["chunk_key_encoding"].get("name") != "default"
         or any(n > c for n, c in zip(meta["shape"], chunk_shape, strict=True))
         or not codecs
         or codecs[0]["name"] != "bytes"
@@ -406,10 +427,16 @@ def _simple_chunk(meta: dict) -> tuple[np.dtype, Any] | None:
     return (dtype, decompressor()) if decompressor else None
 
 
+def _separator(meta: dict) -> str:
+    return (meta["chunk_key_encoding"].get("configuration") or {}).get("separator", "/")
+
+
 def _read_small_arrays(p: Path, arrays: dict[str, dict]) -> dict[str, np.ndarray]:
     """Read whole arrays (store path -> zarr metadata) into memory, concurrently."""
     simple = {k: spec for k, m in arrays.items() if (spec := _simple_chunk(m))}
-    chunk_keys = {k: f"{k}/c" + "/0" * len(arrays[k]["shape"]) for k in simple}
+    chunk_keys = {
+        k: f"{k}/c" + f"{_separator(arrays[k])}0" * len(arrays[k]["shape"]) for k in simple
+    }
     raw = read_objects(p, list(chunk_keys.values()))
     out = {}
     for key, (dtype, decompressor) in simple.items():
@@ -504,9 +531,15 @@ _LAZY_TYPES = (
 
 def load_group(path: str | os.PathLike, group: str) -> xr.Dataset:
     """Read one group of a store (e.g. a solution under ``calibration/``) fully into memory."""
+    p = location(path)
+    name = group.strip("/")
+    groups, group_attrs = _listing(p)
+    if groups is not None and name in groups:
+        return _datasets(p, {name: groups[name]}, group_attrs, set(), "")["/" + name]
+    # a store being written (not consolidated yet), or a group added since
     with (
         quiet_zarr_spec_warnings(),
-        xr.open_zarr(zarr_url(path), group=group, consolidated=False) as ds,
+        xr.open_zarr(zarr_url(p), group=group, consolidated=False) as ds,
     ):
         return ds.load()
 

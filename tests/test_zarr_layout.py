@@ -54,9 +54,16 @@ def test_documents_and_data_equal_to_zarr(ms_path, tmp_path):
 
     tree_layout = zarr_layout.layout(tree, encoding)
     zarr_layout.write(ours, tree_layout)
+    # radflow names chunk files c.0.0 (not zarr's default c/0/0): ask to_zarr for the same
+    reference_encoding = {path: {k: dict(v) for k, v in e.items()} for path, e in encoding.items()}
+    for node in tree.subtree:
+        for name in node.to_dataset(inherit=False).variables:
+            reference_encoding.setdefault(node.path, {}).setdefault(name, {})[
+                "chunk_key_encoding"
+            ] = {"name": "default", "configuration": {"separator": "."}}
     with quiet_zarr_spec_warnings():
-        tree.to_zarr(theirs, mode="w", consolidated=True, compute=False, encoding=encoding,
-                     zarr_format=3)  # fmt: skip
+        tree.to_zarr(theirs, mode="w", consolidated=True, compute=False,
+                     encoding=reference_encoding, zarr_format=3)  # fmt: skip
 
     mine, reference = _documents(ours), _documents(theirs)
     assert mine.keys() == reference.keys()
@@ -74,7 +81,15 @@ def test_documents_and_data_equal_to_zarr(ms_path, tmp_path):
         b = xr.open_datatree(theirs, engine="zarr", consolidated=True, chunks=None)
         for node in b.subtree:
             xr.testing.assert_identical(a[node.path].to_dataset(), node.to_dataset())
-    assert tree_layout.lazy and all(not (ours / p).joinpath("c").exists() for p in tree_layout.lazy)
+    assert tree_layout.lazy and all(
+        [f.name for f in (ours / p).iterdir()] == ["zarr.json"] for p in tree_layout.lazy
+    )
+    # and the in-memory arrays' chunks are files beside their zarr.json, as zarr names them
+    assert all(
+        sorted(f.name for f in (ours / p).iterdir()) == ["c" + ".0" * len(m.shape), "zarr.json"]
+        for p, m in tree_layout.nodes.items()
+        if p not in tree_layout.lazy and hasattr(m, "shape") and 0 not in m.shape
+    )
 
 
 def test_open_arrays_write_whole_chunks(tmp_path):
@@ -165,6 +180,9 @@ def test_open_tree_reads_arrays_of_any_layout(tmp_path):
     np.testing.assert_array_equal(ours["extra"]["several_chunks"].values, np.arange(10.0))
     assert np.isnan(ours["extra/unwritten"]["empty"].values).all()
     _assert_trees_identical(ours, reference)
+    # one group read whole, from the consolidated metadata too
+    with quiet_zarr_spec_warnings(), xr.open_zarr(store, group="extra") as ds:
+        xr.testing.assert_identical(radflow.store.load_group(store, "extra"), ds.load())
 
 
 def test_consolidate_equals_zarr(tmp_path):
