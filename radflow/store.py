@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -284,7 +285,15 @@ def open_tree(path: str | os.PathLike) -> xr.DataTree:
 
 def _listing(p: Path) -> tuple[dict[str, dict[str, dict]] | None, dict[str, dict]]:
     """The arrays (name -> zarr metadata) and the attributes of every group ("" the root) of
-    the store at `p`, from its root's consolidated metadata (None without it)."""
+    the store at `p`, from its root's consolidated metadata (None without it). Read-only:
+    the same version of a store is parsed once (a run reads dozens of tables from one)."""
+    return _parsed_listing(p, _version(p))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_listing(
+    p: Path, version: tuple[str, Any]
+) -> tuple[dict[str, dict[str, dict]] | None, dict[str, dict]]:
     root = json.loads((p / _ROOT_METADATA).read_bytes())
     listing = (root.get("consolidated_metadata") or {}).get("metadata")
     group_attrs = {"": root.get("attributes") or {}}
