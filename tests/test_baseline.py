@@ -538,3 +538,30 @@ def test_batched_line_finder_equals_one_spectrum_at_a_time() -> None:
     alone = np.array([bl.find_lines(y[s], search[s]) for s in range(len(rows))])
     np.testing.assert_array_equal(together, alone)
     assert together[1].any() and not together[0].any()
+
+
+def _runs_reference(row: np.ndarray, minwidth: int) -> np.ndarray:
+    """Runs of True at least `minwidth` long, found one by one."""
+    out = np.zeros_like(row)
+    start = None
+    for i, value in enumerate(list(row) + [False]):
+        if value and start is None:
+            start = i
+        elif not value and start is not None:
+            if i - start >= minwidth:
+                out[start:i] = True
+            start = None
+    return out
+
+
+@pytest.mark.parametrize("minwidth", [0, 1, 2, 3, 4, 7, 40, 41])
+def test_line_finder_keeps_runs_at_least_minwidth(minwidth):
+    rng = np.random.default_rng(minwidth)
+    rows = np.concatenate(
+        [rng.random((40, 40)) < p for p in (0.2, 0.5, 0.8, 0.95)]
+        + [np.ones((1, 40), bool), np.zeros((1, 40), bool)]
+    )
+    got = bl._runs_at_least_rows(rows, minwidth)
+    expected = np.array([_runs_reference(r, minwidth) for r in rows])
+    np.testing.assert_array_equal(got, expected)
+    assert got.any() == (minwidth <= 40)

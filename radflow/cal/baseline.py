@@ -569,16 +569,27 @@ def _detect_rows(resid: np.ndarray, search: np.ndarray, sigma: np.ndarray, b: in
 
 
 def _runs_at_least_rows(candidate: np.ndarray, minwidth: int) -> np.ndarray:
-    """Keep only the runs of True at least `minwidth` long, per row."""
+    """Keep only the runs of True at least `minwidth` long, per row.
+
+    A channel is in such a run exactly when some window of `minwidth` consecutive channels
+    around it is all True: two running sums (windows that are full, then channels that one
+    covers) find them without visiting the runs one by one.
+    """
     n_rows, n_chan = candidate.shape
-    edges = np.diff(np.pad(candidate, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    srow, start = np.nonzero(edges == 1)
-    _, end = np.nonzero(edges == -1)  # row-major order pairs each start with its end
-    long = end - start >= minwidth
-    marks = np.zeros((n_rows, n_chan + 1), dtype=np.int64)
-    np.add.at(marks, (srow[long], start[long]), 1)
-    np.add.at(marks, (srow[long], end[long]), -1)
-    return np.cumsum(marks, axis=1)[:, :n_chan] > 0
+    width = int(minwidth)
+    if width <= 1:
+        return candidate.copy()
+    if width > n_chan:
+        return np.zeros_like(candidate)
+    count = np.zeros((n_rows, n_chan + 1), dtype=np.int32)
+    np.cumsum(candidate, axis=1, dtype=np.int32, out=count[:, 1:])
+    full = (count[:, width:] - count[:, :-width]) == width  # the window starting here is full
+    starts = np.zeros((n_rows, n_chan - width + 2), dtype=np.int32)
+    np.cumsum(full, axis=1, dtype=np.int32, out=starts[:, 1:])
+    channel = np.arange(n_chan)
+    last = np.minimum(channel, n_chan - width) + 1  # windows starting in [channel-width+1, channel]
+    first = np.maximum(channel - width + 1, 0)
+    return (starts[:, last] - starts[:, first]) > 0
 
 
 def _find_lines_rows(
