@@ -22,7 +22,6 @@ import os
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -42,7 +41,6 @@ from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.core.dtype import ZDType, get_data_type_from_native_dtype
 from zarr.core.group import ConsolidatedMetadata, GroupMetadata
 from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.storage import FsspecStore, LocalStore, StorePath
 
 from radflow.store import (
     is_url,
@@ -50,7 +48,8 @@ from radflow.store import (
     quiet_zarr_spec_warnings,
     read_objects,
     write_objects,
-    zarr_url,
+    zarr_array,
+    zarr_store,
 )
 
 # zarr's default codec for arrays given no compressor; xarray writes in-memory arrays with it.
@@ -291,14 +290,10 @@ def open_arrays(
     """The arrays at `arrays` (paths in the store) of the store :func:`write` made from
     `tree_layout` at `path`, ready for whole-chunk writes; made from the metadata in memory,
     without reading the store."""
-    where = location(path)
-    store = FsspecStore.from_url(zarr_url(where)) if is_url(where) else LocalStore(Path(where))
+    store = zarr_store(path)
     # every chunk is written whole and holds data: skip zarr's comparison with the fill value
     config = {"write_empty_chunks": True}
-    return {
-        p: zarr.Array(zarr.AsyncArray(tree_layout.nodes[p], StorePath(store, p), config))
-        for p in arrays
-    }
+    return {p: zarr_array(store, p, tree_layout.nodes[p], config) for p in arrays}
 
 
 __all__ = [

@@ -326,7 +326,7 @@ def _datasets(
         if g not in lazy or name in _coordinate_names(arrays, group_attrs[g])
     }
     values = _read_small_arrays(p, small)
-    store = _zarr_store(p) if len(small) < sum(map(len, groups.values())) else None
+    store = zarr_store(p) if len(small) < sum(map(len, groups.values())) else None
     nodes = {}
     for g, arrays in groups.items():
         variables = {}
@@ -368,11 +368,9 @@ def _variable(meta: dict, data: Any, encoding: dict) -> xr.Variable:
 
 def _lazy_variable(store: Any, key: str, meta: dict, token: str) -> xr.Variable:
     from zarr.core.metadata.v3 import ArrayV3Metadata
-    from zarr.storage import StorePath
 
     with quiet_zarr_spec_warnings():
-        array = zarr.Array(zarr.AsyncArray(ArrayV3Metadata.from_dict(dict(meta)),
-                                           StorePath(store, key)))  # fmt: skip
+        array = zarr_array(store, key, ArrayV3Metadata.from_dict(dict(meta)))
     data = dask.array.from_array(
         array, chunks=array.chunks, name=f"radflow-{key}-{token}", lock=False,
         meta=np.empty((0,) * array.ndim, array.dtype),
@@ -382,10 +380,19 @@ def _lazy_variable(store: Any, key: str, meta: dict, token: str) -> xr.Variable:
     return _variable(meta, data, encoding)
 
 
-def _zarr_store(p: Path) -> Any:
+def zarr_store(path: str | os.PathLike) -> Any:
+    """The zarr store object at `path` (local directory or object-store URL)."""
     from zarr.storage import FsspecStore, LocalStore
 
+    p = location(path)
     return FsspecStore.from_url(zarr_url(p)) if is_url(p) else LocalStore(Path(p))
+
+
+def zarr_array(store: Any, key: str, metadata: Any, config: dict | None = None) -> zarr.Array:
+    """The array at `key` of `store` with the zarr `metadata` already known: no read."""
+    from zarr.storage import StorePath
+
+    return zarr.Array(zarr.AsyncArray(metadata, StorePath(store, key), config))
 
 
 # zarr v3 data types read without zarr; others go through zarr.
