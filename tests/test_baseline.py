@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from scipy.special import ndtri
 
 from radflow import schema, step
 from radflow.cal import baseline as bl
@@ -540,6 +541,20 @@ def test_batched_line_finder_equals_one_spectrum_at_a_time() -> None:
     assert together[1].any() and not together[0].any()
 
 
+# ---- the compiled line finder against a plain numpy reference ----
+
+# E[|X| ; |X| in its lowest 80 %] for a unit Gaussian X: 2 (phi(0) - phi(q90)) / 0.8.
+_Q90 = float(ndtri(0.9))
+MAD80_NORM = 2.0 * (1.0 - np.exp(-0.5 * _Q90**2)) / np.sqrt(2.0 * np.pi) / 0.8
+
+
+def _reference_mad80(x: np.ndarray) -> float:
+    """mad80 by sorting: the mean of the ceil(0.8 n) smallest |x - median| over MAD80_NORM."""
+    dev = np.sort(np.abs(x - np.median(x)))
+    keep = max(1, int(np.ceil(0.8 * x.size)))
+    return float(dev[:keep].mean() / MAD80_NORM)
+
+
 def _runs_reference(row: np.ndarray, minwidth: int) -> np.ndarray:
     """Runs of True at least `minwidth` long, found one by one."""
     out = np.zeros_like(row)
@@ -554,6 +569,165 @@ def _runs_reference(row: np.ndarray, minwidth: int) -> np.ndarray:
     return out
 
 
+def _reference_find_lines(
+    y: np.ndarray, search: np.ndarray, thresh: float, avg_limit: int, minwidth: int
+) -> np.ndarray:
+    """The line finder of the module docstring, one spectrum, written plainly: SVD lstsq for
+    the detrending, sorts for mad80, a box at a time (`y` finite, `search` the channels)."""
+    n_chan = y.size
+    v = 2.0 * np.arange(n_chan) / max(n_chan - 1, 1) - 1.0
+    binnings = [b for b in (1, 4, 16, 64, 256) if b <= avg_limit]
+    lines = np.zeros(n_chan, bool)
+    if search.sum() < 3:
+        return lines
+    shifted = y - y[search][0]  # as the kernel: a constant spectrum leaves exactly 0
+    for _ in range(5):
+        base = search & ~lines
+        n = int(base.sum())
+        if n < 3:
+            break
+        design = np.polynomial.chebyshev.chebvander(v, min(5, n // 8))
+        coef = np.linalg.lstsq(design[base], shifted[base], rcond=None)[0]
+        resid = shifted - design @ coef
+        sigma = _reference_mad80(resid[base])
+        if not sigma > 0:
+            break
+        found = np.zeros(n_chan, bool)
+        for b in binnings:
+            candidate = np.zeros(n_chan, bool)
+            for start in range(0, n_chan, b):
+                box = slice(start, start + b)
+                count = search[box].sum()
+                total = resid[box][search[box]].sum()
+                if count > 0 and abs(total) / np.sqrt(count) > thresh * sigma:
+                    candidate[box] = search[box]
+            found |= _runs_reference(candidate, minwidth)
+        if (found == lines).all():
+            break
+        lines = found
+    return lines
+
+
+def _varied_spectra(n_chan: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(spectrum, mask) pairs: sloped and curved baselines, no lines to strong wide ones (that
+    take several finder rounds), masks with holes and flagged ends, NaN channels."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(n_chan)
+    out = []
+    for k in range(24):
+        u = i / max(n_chan - 1, 1)
+        y = rng.normal(0, 3) + rng.normal(0, 2) * u + rng.normal(0, 2) * u**3
+        y = y + rng.normal(0, 0.1 * rng.uniform(0.3, 3), n_chan)
+        for _ in range(k % 4):  # 0 to 3 lines
+            width = rng.uniform(0.5, n_chan / 10)
+            y += rng.normal(0, 1.5) * np.exp(-0.5 * ((i - rng.uniform(0, n_chan)) / width) ** 2)
+        mask = np.ones(n_chan, bool)
+        if k % 3 == 1:
+            mask &= rng.random(n_chan) > 0.15  # scattered holes
+        if k % 5 == 2:
+            start = int(rng.integers(0, n_chan))
+            mask[start : start + n_chan // 6] = False  # a flagged range
+            mask[: int(rng.integers(0, n_chan // 10 + 1))] = False
+        if k % 8 == 5:
+            mask[: n_chan * 3 // 5] = False  # most channels excluded
+        if k % 7 == 3:
+            y[rng.integers(0, n_chan, 3)] = np.nan
+        out.append((y, mask))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("thresh", "avg_limit", "minwidth"),
+    [
+        (5.0, 4, 4),
+        (3.0, 1, 1),
+        (3.0, 16, 2),
+        (4.0, 15, 1),
+        (2.5, 64, 7),
+        (3.0, 4, 20),
+        (3.0, 4, 600),
+    ],
+)
+@pytest.mark.parametrize("n_chan", [512, 97])
+def test_line_finder_equals_the_reference(
+    thresh: float, avg_limit: int, minwidth: int, n_chan: int
+) -> None:
+    """find_lines (the compiled kernel) gives the reference's line masks exactly."""
+    n_found = 0
+    for y, mask in _varied_spectra(n_chan, seed=n_chan + minwidth):
+        for edge in [(0, 0), (5, 17)]:
+            got = bl.find_lines(
+                y, mask, thresh=thresh, avg_limit=avg_limit, minwidth=minwidth, edge=edge
+            )
+            search = mask & np.isfinite(y)
+            search[: edge[0]] = search[n_chan - edge[1] :] = False
+            expected = _reference_find_lines(
+                np.where(np.isfinite(y), y, 0.0), search, thresh, avg_limit, minwidth
+            )
+            np.testing.assert_array_equal(got, expected)
+            n_found += got.any()
+    assert n_found > 0 or minwidth > n_chan  # lines were found, not only empty masks compared
+
+
+@pytest.mark.parametrize("n_chan", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 39, 40])
+def test_line_finder_on_short_and_constant_spectra(n_chan: int) -> None:
+    rng = np.random.default_rng(n_chan)
+    spike = rng.normal(0, 0.1, n_chan)
+    spike[n_chan // 2] += 10.0
+    cases = [rng.normal(0, 1, n_chan), spike, np.zeros(n_chan), np.full(n_chan, 0.1)]
+    for y in cases:
+        for mask in [np.ones(n_chan, bool), np.arange(n_chan) % 3 != 0]:
+            for minwidth in (1, 3):
+                got = bl.find_lines(y, mask, thresh=3.0, avg_limit=4, minwidth=minwidth)
+                expected = _reference_find_lines(y, mask, 3.0, 4, minwidth)
+                np.testing.assert_array_equal(got, expected)
+    # constant spectra (sigma 0) and fewer than 3 searched channels: no lines
+    assert not bl.find_lines(np.full(n_chan, 0.1), np.ones(n_chan, bool), minwidth=1).any()
+    few = np.zeros(n_chan, bool)
+    few[:2] = True
+    assert not bl.find_lines(spike, few, thresh=1.0, minwidth=1).any()
+
+
+def test_mad80_equals_a_sorting_reference() -> None:
+    rng = np.random.default_rng(5)
+    inputs = [rng.normal(0, 1, n) for n in (1, 2, 3, 4, 5, 10, 11, 4095, 4096)]
+    inputs += [
+        rng.integers(0, 4, 1000).astype(float),  # many ties, also at the selected ranks
+        np.repeat([1.0, 2.0], 50),
+        np.r_[np.zeros(900), rng.normal(0, 1, 100)],  # the 80 % rank inside the ties
+        np.arange(3000.0),  # sorted, reversed, V-shaped: awkward for quickselect pivots
+        np.arange(3000.0)[::-1],
+        np.abs(np.arange(-1500.0, 1500.0)),
+        rng.standard_cauchy(2001),
+    ]
+    for x in inputs:
+        assert bl.mad80(x) == pytest.approx(_reference_mad80(x), rel=1e-12, abs=1e-300)
+    assert np.isnan(bl.mad80(np.array([]))) and np.isnan(bl.mad80(np.array([1.0, np.nan])))
+
+
+def test_kth_smallest_equals_sorting() -> None:
+    rng = np.random.default_rng(9)
+    inputs = [
+        rng.normal(0, 1, 1000),
+        rng.integers(0, 3, 1000).astype(float),
+        np.ones(257),
+        np.arange(1000.0),
+        np.arange(1000.0)[::-1],
+        np.abs(np.arange(-500.0, 500.0)),
+        np.r_[np.arange(500.0), np.arange(500.0)[::-1]],  # organ pipe
+        np.tile([0.0, 1.0], 400),
+    ]
+    for x in inputs:
+        ordered = np.sort(x)
+        for k in sorted({0, 1, x.size // 2, (x.size - 1) // 2, x.size - 1, *range(0, x.size, 37)}):
+            assert bl._kth_smallest(x, k) == ordered[k]
+
+
+def test_line_finder_kernel_releases_the_gil() -> None:
+    """Dask threads must run it in parallel; the other compiled kernels are called from it."""
+    assert bl._find_lines_kernel.targetoptions["nogil"]
+
+
 @pytest.mark.parametrize("minwidth", [0, 1, 2, 3, 4, 7, 40, 41])
 def test_line_finder_keeps_runs_at_least_minwidth(minwidth):
     rng = np.random.default_rng(minwidth)
@@ -561,7 +735,9 @@ def test_line_finder_keeps_runs_at_least_minwidth(minwidth):
         [rng.random((40, 40)) < p for p in (0.2, 0.5, 0.8, 0.95)]
         + [np.ones((1, 40), bool), np.zeros((1, 40), bool)]
     )
-    got = bl._runs_at_least_rows(rows, minwidth)
+    got = np.zeros_like(rows)
+    for row, out in zip(rows, got, strict=True):
+        bl._mark_runs(row, minwidth, out)
     expected = np.array([_runs_reference(r, minwidth) for r in rows])
     np.testing.assert_array_equal(got, expected)
     assert got.any() == (minwidth <= 40)
