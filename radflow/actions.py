@@ -209,23 +209,21 @@ def sdcal_action(
     interp: str = "linear",
     weight_tsys: str = "channel",
 ) -> None:
-    """Ta* = Tsys (ON - OFF)/OFF for every ON partition (:func:`radflow.cal.sdcal.apply`)."""
+    """Ta* = Tsys (ON - OFF)/OFF for every ON partition (:func:`radflow.cal.sdcal.apply`), with
+    one :class:`radflow.cal.sdcal.Calibrator` per antenna and spw."""
     for (spw, antenna), names in _sd_keys(eb).items():
         tsys_solution = eb.solutions.get(f"tsys_spw{spw}")
         sky_solution = eb.solutions.get(f"sky_spw{spw}_{antenna}")
         if tsys_solution is None or sky_solution is None:
             raise ActionError(f"{eb.path}: step sdcal needs steps tsys and sky before it")
+        calibrate = sdcal.Calibrator(
+            sky_solution,
+            tsys_solution,
+            interp_method=interp,  # type: ignore[arg-type]
+            weight_tsys=weight_tsys,  # type: ignore[arg-type]
+        )
         for name in names:
-            ds = sdcal.apply(
-                eb.partitions[name],
-                sky_solution,
-                tsys_solution,
-                group=group,
-                output=output,
-                interp_method=interp,  # type: ignore[arg-type]
-                weight_tsys=weight_tsys,  # type: ignore[arg-type]
-            )
-            eb.update(name, ds, output)
+            eb.update(name, calibrate(eb.partitions[name], group=group, output=output), output)
 
 
 @action("baseline")

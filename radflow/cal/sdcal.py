@@ -21,6 +21,7 @@ is not finite.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import dask.array as da
@@ -100,13 +101,12 @@ def _calibrate_block(
     return ta, flag, weight
 
 
-def _tsys_for(ds: xr.Dataset, solution: xr.Dataset, pols: list[str]) -> xr.Dataset:
-    """The Tsys table of the partition's antenna(s) per correlation.
+def _tsys_for(antennas: list[str], solution: xr.Dataset, pols: list[str]) -> xr.Dataset:
+    """The Tsys table of `antennas` per correlation.
 
     An antenna without a solution gets flagged entries (calflagstrict: no solution flags the
     data); the solution itself never holds NaN (flagged values are stored as 1.0).
     """
-    antennas = [str(a) for a in coord_values(ds, schema.ANTENNA_NAME)]
     table = tsys.correlation_table(solution, pols).reindex({schema.ANTENNA_NAME: antennas})
     missing = table[schema.CALIBRATION_PARAMETER].isnull()
     return table.assign(
@@ -115,6 +115,135 @@ def _tsys_for(ds: xr.Dataset, solution: xr.Dataset, pols: list[str]) -> xr.Datas
             schema.FLAG: table[schema.FLAG].fillna(True).astype(bool) | missing,
         }
     )
+
+
+def _knot_last(values: xr.DataArray, knot: str) -> xr.DataArray:
+    # whole tables, one chunk each: every data chunk needs all of them
+    return values.rename({schema.TIME: knot}).drop_vars(knot, errors="ignore").chunk(-1)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """The solution tables of one antenna set and correlation list, ready for the kernel."""
+
+    inputs: tuple[xr.DataArray, ...]  # OFF, OFF flag, exposure, Tsys, Tsys flag; time last
+    off_knots: np.ndarray
+    tsys_knots: np.ndarray
+
+
+class Calibrator:
+    """:func:`apply` for the partitions of one antenna and spw: the solution tables are
+    reshaped for the kernel once per antenna set and correlation list, not once per partition
+    (graph building runs once per partition; the tables are the same for all of them).
+    """
+
+    def __init__(
+        self,
+        sky: xr.Dataset,
+        tsys_solution: xr.Dataset,
+        *,
+        interp_method: interp.Method = "linear",
+        weight_tsys: Literal["channel", "mean"] = "channel",
+    ):
+        self.sky = sky
+        self.tsys_solution = tsys_solution
+        self.interp_method = interp_method
+        self.weight_tsys = weight_tsys
+        self._tables: dict[tuple[tuple[str, ...], tuple[str, ...], bytes], _Tables] = {}
+
+    def _tables_for(self, antennas: list[str], pols: list[str], freq: np.ndarray) -> _Tables:
+        key = (tuple(antennas), tuple(pols), freq.tobytes())
+        if key not in self._tables:
+            sky = self.sky
+            table = _tsys_for(antennas, self.tsys_solution, pols)
+            tsys_table = table[schema.CALIBRATION_PARAMETER].assign_coords({schema.FREQUENCY: freq})
+            self._tables[key] = _Tables(
+                inputs=(
+                    _knot_last(sky[schema.CALIBRATION_PARAMETER], _KNOT),
+                    _knot_last(sky[schema.FLAG].astype(bool), _KNOT),
+                    _knot_last(sky[schema.EXPOSURE], _KNOT),
+                    _knot_last(tsys_table, _TSYS_KNOT),
+                    _knot_last(table[schema.FLAG].astype(bool), _TSYS_KNOT),
+                ),
+                off_knots=interp.knots(sky[schema.CALIBRATION_PARAMETER]),
+                tsys_knots=interp.knots(table[schema.CALIBRATION_PARAMETER]),
+            )
+        return self._tables[key]
+
+    def __call__(
+        self,
+        ds: xr.Dataset,
+        *,
+        group: str = schema.GROUP_BASE,
+        output: str = schema.GROUP_CORRECTED,
+    ) -> xr.Dataset:
+        """Calibrate one ON partition; see :func:`apply`."""
+        sky, tsys_solution = self.sky, self.tsys_solution
+        src = get_data_group(ds, group)
+        require_units(src, schema.UNITS_RAW, "sdcal")
+        where = f"sdcal: partition {describe_partition(ds)}"
+        info = ds.attrs.get(schema.ATTR_PARTITION_INFO) or {}
+        spw = info.get(schema.PI_SPW_ID)
+        for name, sol in (("sky", sky), ("tsys", tsys_solution)):
+            sol_spw = sol.attrs.get(schema.ATTR_SPW_ID)
+            if sol_spw is not None and spw is not None and int(sol_spw) != int(spw):
+                raise ValueError(f"{where}: the {name} solution is for spw {sol_spw}, not {spw}")
+        freq = coord_values(ds, schema.FREQUENCY)
+        tsys_freq = tsys_solution[schema.FREQUENCY].values
+        if tsys_freq.shape != freq.shape or not np.allclose(tsys_freq, freq, rtol=0, atol=1.0):
+            raise ValueError(f"{where}: the Tsys solution is not on this partition's channels")
+        antennas = [str(a) for a in coord_values(ds, schema.ANTENNA_NAME)]
+        sky_antennas = [str(a) for a in sky[schema.ANTENNA_NAME].values]
+        if sky_antennas != antennas:
+            raise ValueError(f"{where}: the sky solution is for antenna(s) {sky_antennas}")
+        if self.weight_tsys not in ("channel", "mean"):
+            raise ValueError(
+                f"{where}: weight_tsys must be 'channel' or 'mean', not {self.weight_tsys!r}"
+            )
+
+        times = coord_values(ds, schema.TIME).astype(float)
+        time_axis = src.data.dims.index(schema.TIME)
+        chunks = src.data.chunks[time_axis] if src.data.chunks else (times.size,)
+        pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
+        tables = self._tables_for(antennas, pols, freq)
+        # apply_ufunc's order of the dims: the first input's (time), then the data's
+        order = (schema.TIME, *[d for d in src.data.dims if d != schema.TIME])
+        mean_axis = order.index(schema.FREQUENCY) if self.weight_tsys == "mean" else None
+        ta, flag, weight = xr.apply_ufunc(
+            _calibrate_block,
+            xr.DataArray(da.from_array(times, chunks=(chunks,)), dims=schema.TIME),
+            src.data,
+            src.flag,
+            src.weight,
+            ds[schema.EFFECTIVE_INTEGRATION_TIME],
+            *tables.inputs,
+            input_core_dims=[[]] * 5 + [[_KNOT]] * 3 + [[_TSYS_KNOT]] * 2,
+            output_core_dims=[[], [], []],
+            dask="parallelized",
+            output_dtypes=[src.data.dtype, bool, src.weight.dtype],
+            kwargs={
+                "off_knots": tables.off_knots,
+                "tsys_knots": tables.tsys_knots,
+                "method": self.interp_method,
+                "mean_tsys_axis": mean_axis,
+            },
+            join="exact",
+        )
+        ta, flag, weight = (x.transpose(*order) for x in (ta, flag, weight))
+        return add_data_group(
+            ds,
+            output,
+            data=ta,
+            flag=flag,
+            weight=weight,
+            units=schema.UNITS_KELVIN,
+            description=(
+                f"Ta* = Tsys (ON - OFF)/OFF from group {group!r} (sky mode "
+                f"{sky.attrs.get(schema.ATTR_SKY_MODE)!r}, Tsys spw "
+                f"{tsys_solution.attrs.get(schema.ATTR_TSYS_SPW_ID)}; step sdcal)"
+            ),
+            from_group=group,
+        )
 
 
 @register_step("sdcal")
@@ -157,78 +286,5 @@ def apply(
     ValueError
         If the solutions do not belong to the partition's spw or frequencies.
     """
-    src = get_data_group(ds, group)
-    require_units(src, schema.UNITS_RAW, "sdcal")
-    where = f"sdcal: partition {describe_partition(ds)}"
-    info = ds.attrs.get(schema.ATTR_PARTITION_INFO) or {}
-    spw = info.get(schema.PI_SPW_ID)
-    for name, sol in (("sky", sky), ("tsys", tsys_solution)):
-        sol_spw = sol.attrs.get(schema.ATTR_SPW_ID)
-        if sol_spw is not None and spw is not None and int(sol_spw) != int(spw):
-            raise ValueError(f"{where}: the {name} solution is for spw {sol_spw}, not {spw}")
-    freq = coord_values(ds, schema.FREQUENCY)
-    tsys_freq = tsys_solution[schema.FREQUENCY].values
-    if tsys_freq.shape != freq.shape or not np.allclose(tsys_freq, freq, rtol=0, atol=1.0):
-        raise ValueError(f"{where}: the Tsys solution is not on this partition's channels")
-    antennas = [str(a) for a in coord_values(ds, schema.ANTENNA_NAME)]
-    sky_antennas = [str(a) for a in sky[schema.ANTENNA_NAME].values]
-    if sky_antennas != antennas:
-        raise ValueError(f"{where}: the sky solution is for antenna(s) {sky_antennas}")
-
-    if weight_tsys not in ("channel", "mean"):
-        raise ValueError(f"{where}: weight_tsys must be 'channel' or 'mean', not {weight_tsys!r}")
-    times = coord_values(ds, schema.TIME).astype(float)
-    time_axis = src.data.dims.index(schema.TIME)
-    chunks = src.data.chunks[time_axis] if src.data.chunks else (times.size,)
-    pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
-    off_knots = interp.knots(sky[schema.CALIBRATION_PARAMETER])
-    table = _tsys_for(ds, tsys_solution, pols)
-    tsys_knots = interp.knots(table[schema.CALIBRATION_PARAMETER])
-
-    def knot_last(da_: xr.DataArray, knot: str) -> xr.DataArray:
-        # whole tables, one chunk each: every data chunk needs all of them
-        return da_.rename({schema.TIME: knot}).drop_vars(knot, errors="ignore").chunk(-1)
-
-    # apply_ufunc's order of the dims: the first input's (time), then the data's
-    order = (schema.TIME, *[d for d in src.data.dims if d != schema.TIME])
-    mean_axis = order.index(schema.FREQUENCY) if weight_tsys == "mean" else None
-    tsys_table = table[schema.CALIBRATION_PARAMETER].assign_coords({schema.FREQUENCY: freq})
-    ta, flag, weight = xr.apply_ufunc(
-        _calibrate_block,
-        xr.DataArray(da.from_array(times, chunks=(chunks,)), dims=schema.TIME),
-        src.data,
-        src.flag,
-        src.weight,
-        ds[schema.EFFECTIVE_INTEGRATION_TIME],
-        knot_last(sky[schema.CALIBRATION_PARAMETER], _KNOT),
-        knot_last(sky[schema.FLAG].astype(bool), _KNOT),
-        knot_last(sky[schema.EXPOSURE], _KNOT),
-        knot_last(tsys_table, _TSYS_KNOT),
-        knot_last(table[schema.FLAG].astype(bool), _TSYS_KNOT),
-        input_core_dims=[[]] * 5 + [[_KNOT]] * 3 + [[_TSYS_KNOT]] * 2,
-        output_core_dims=[[], [], []],
-        dask="parallelized",
-        output_dtypes=[src.data.dtype, bool, src.weight.dtype],
-        kwargs={
-            "off_knots": off_knots,
-            "tsys_knots": tsys_knots,
-            "method": interp_method,
-            "mean_tsys_axis": mean_axis,
-        },
-        join="exact",
-    )
-    ta, flag, weight = (x.transpose(*order) for x in (ta, flag, weight))
-    return add_data_group(
-        ds,
-        output,
-        data=ta,
-        flag=flag,
-        weight=weight,
-        units=schema.UNITS_KELVIN,
-        description=(
-            f"Ta* = Tsys (ON - OFF)/OFF from group {group!r} (sky mode "
-            f"{sky.attrs.get(schema.ATTR_SKY_MODE)!r}, Tsys spw "
-            f"{tsys_solution.attrs.get(schema.ATTR_TSYS_SPW_ID)}; step sdcal)"
-        ),
-        from_group=group,
-    )
+    calibrate = Calibrator(sky, tsys_solution, interp_method=interp_method, weight_tsys=weight_tsys)
+    return calibrate(ds, group=group, output=output)

@@ -298,18 +298,28 @@ def correlation_table(solution: xr.Dataset, polarizations: Sequence[str]) -> xr.
             f"tsys: the solution (spw {solution.attrs.get(schema.ATTR_SPW_ID)}) has receptors "
             f"{receptors}; correlations {list(polarizations)} need {missing}"
         )
-    value = solution[schema.CALIBRATION_PARAMETER]
-    flag = solution[schema.FLAG]
-    out_v, out_f = [], []
-    for pol in polarizations:
-        a, b = (schema.RECEPTOR, pol[0]), (schema.RECEPTOR, pol[-1])
-        out_v.append(np.sqrt(value.sel(dict([a])) * value.sel(dict([b]))))
-        out_f.append(flag.sel(dict([a])) | flag.sel(dict([b])))
-    pol_index = xr.DataArray(list(polarizations), dims=schema.POLARIZATION)
+    # numpy on the receptor axis, one dataset at the end: this runs for every (antenna, spw)
+    # at graph-building time, where per-operation xarray overhead adds up.
+    value = solution[schema.CALIBRATION_PARAMETER].transpose(..., schema.RECEPTOR)
+    flag = solution[schema.FLAG].transpose(*value.dims)
+    first = [receptors.index(p[0]) for p in polarizations]
+    second = [receptors.index(p[-1]) for p in polarizations]
+    dims = (*value.dims[:-1], schema.POLARIZATION)
+    coords = {
+        name: coord.variable
+        for name, coord in solution.coords.items()
+        if schema.RECEPTOR not in coord.dims
+    }
+    coords[schema.POLARIZATION] = (schema.POLARIZATION, list(polarizations))
     return xr.Dataset(
         {
-            schema.CALIBRATION_PARAMETER: xr.concat(out_v, pol_index).drop_vars(schema.RECEPTOR),
-            schema.FLAG: xr.concat(out_f, pol_index).drop_vars(schema.RECEPTOR),
+            schema.CALIBRATION_PARAMETER: (
+                dims,
+                np.sqrt(value.data[..., first] * value.data[..., second]),
+                value.attrs,
+            ),
+            schema.FLAG: (dims, flag.data[..., first] | flag.data[..., second], flag.attrs),
         },
+        coords=coords,
         attrs=solution.attrs,
-    ).assign_coords({schema.POLARIZATION: list(polarizations)})
+    )
