@@ -30,7 +30,9 @@ A solution table is a ``Mapping[int, xr.Dataset]`` keyed by spectral-window id, 
 
 from __future__ import annotations
 
+import functools
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -99,6 +101,67 @@ def _select_fields(solution: xr.Dataset, gainfield: Sequence[str], where: str) -
 
 
 _KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC = "_knot", "_antenna", "_solution_frequency", "_receptor"
+
+
+@dataclass(frozen=True)
+class _KernelTable:
+    """One table spw's solutions (of some fields) as the correction kernel takes them."""
+
+    solution: xr.Dataset  # the selected solutions
+    knots: xr.DataArray  # (knot,) solution times, s
+    values: xr.DataArray  # (knot, antenna, frequency, receptor)
+    flags: xr.DataArray
+    antennas: list[str]
+    frequency: np.ndarray  # Hz
+    cal_type: str | None
+
+
+# Kernel tables by (id of the table spw's dataset, gainfield). Every partition of a spw applies
+# the same tables: reshaping them once per partition was most of applycal's graph-building
+# time. An entry lives as long as its dataset (weakref), so an id is never reused stale.
+_KERNEL_TABLES: dict[tuple[int, tuple[str, ...]], tuple[weakref.ref, _KernelTable | None]] = {}
+
+
+def _kernel_table(
+    selected: xr.Dataset, gainfield: tuple[str, ...], where: str
+) -> _KernelTable | None:
+    """The kernel's form of `selected` (one table spw) restricted to `gainfield`; None when
+    no solution is left."""
+    key = (id(selected), gainfield)
+    hit = _KERNEL_TABLES.get(key)
+    if hit is not None and hit[0]() is selected:
+        return hit[1]
+    solution = _select_fields(selected, gainfield, where)
+    table = None
+    if solution.sizes[schema.TIME] > 0:
+        # CASA's solution times (the solve-weighted mean) where the solver recorded them
+        if schema.TIME_CENTROID in solution:
+            knots = solution[schema.TIME_CENTROID]
+        else:
+            knots = solution[schema.TIME]
+        knots = knots.reset_coords(drop=True).rename({schema.TIME: _KNOT}).astype(float)
+        if knots.chunks is not None:
+            knots = knots.chunk(-1)
+        dims = (schema.TIME, schema.ANTENNA_NAME, schema.FREQUENCY, schema.RECEPTOR)
+        sol_dims = dict(zip(dims, (_KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC), strict=True))
+        values = solution[schema.CALIBRATION_PARAMETER].transpose(*dims)
+        flags = solution[schema.FLAG].transpose(*dims).astype(bool)
+        values = values.rename(sol_dims).drop_vars(list(solution.coords), errors="ignore")
+        flags = flags.rename(sol_dims).drop_vars(list(solution.coords), errors="ignore")
+        if values.chunks is not None:
+            values, flags = values.chunk(-1), flags.chunk(-1)
+        table = _KernelTable(
+            solution=solution,
+            knots=knots,
+            values=values,
+            flags=flags,
+            antennas=[str(a) for a in solution[schema.ANTENNA_NAME].values],
+            frequency=np.asarray(solution[schema.FREQUENCY].values, dtype=float),
+            cal_type=solution.attrs.get(schema.ATTR_CAL_TYPE),
+        )
+    forget = functools.partial(_KERNEL_TABLES.pop, key, None)
+    _KERNEL_TABLES[key] = (weakref.ref(selected, lambda _: forget()), table)
+    return table
 
 
 def _frequency_weights(sol_freq: np.ndarray, freqs: np.ndarray):
@@ -198,10 +261,11 @@ def correction(
     table_spw = (spwmap or {}).get(spw, spw)
     if table_spw not in table:
         return None
-    solution = _select_fields(table[table_spw], gainfield, where)
-    if solution.sizes[schema.TIME] == 0:
-        return None
-    if solution.attrs.get(schema.ATTR_CAL_TYPE) == schema.CAL_TYPE_SWPOW:
+    selected = table[table_spw]
+    if selected.attrs.get(schema.ATTR_CAL_TYPE) == schema.CAL_TYPE_SWPOW:
+        solution = _select_fields(selected, gainfield, where)
+        if solution.sizes[schema.TIME] == 0:
+            return None
         # switched power (radflow.cal.swpower): V sqrt(C_i C_j) (a TSYS-like table of the scale
         # factors C), weights w s / (Tsys_i Tsys_j) from its TSYS variable (s: weight scale)
         as_tsys = {schema.ATTR_CAL_TYPE: schema.CAL_TYPE_TSYS}
@@ -210,18 +274,13 @@ def correction(
         wt = correction(ds, {spw: tsys.assign_attrs(as_tsys)}, interp_method=interp_method)
         w_scale = float(solution.attrs.get(schema.SWPOW_ATTR_WEIGHT_SCALE, 1.0))
         return Correction(scale.factor, wt.weight_factor * w_scale, scale.flag | wt.flag)
-    # CASA's solution times (the solve-weighted mean) where the solver recorded them
-    if schema.TIME_CENTROID in solution:
-        knots = solution[schema.TIME_CENTROID]
-    else:
-        knots = solution[schema.TIME]
-    knots = knots.reset_coords(drop=True).rename({schema.TIME: _KNOT}).astype(float)
-    if knots.chunks is not None:
-        knots = knots.chunk(-1)
-    cal_type = solution.attrs.get(schema.ATTR_CAL_TYPE)
+    kernel_table = _kernel_table(selected, tuple(gainfield), where)
+    if kernel_table is None:
+        return None
+    knots, values, flags = kernel_table.knots, kernel_table.values, kernel_table.flags
+    names, sol_freq, cal_type = kernel_table.antennas, kernel_table.frequency, kernel_table.cal_type
     pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
-    first, second = _receptor_index(solution, pols, where)
-    names = [str(a) for a in solution[schema.ANTENNA_NAME].values]
+    first, second = _receptor_index(kernel_table.solution, pols, where)
     ant1 = coord_values(ds, schema.BASELINE_ANTENNA1_NAME).astype(str)
     ant2 = coord_values(ds, schema.BASELINE_ANTENNA2_NAME).astype(str)
     missing = sorted((set(ant1) | set(ant2)) - set(names))
@@ -229,20 +288,8 @@ def correction(
         raise ApplyError(f"{where}: the {cal_type} table has no antenna(s) {missing}")
     index = {n: k for k, n in enumerate(names)}
     freqs = coord_values(ds, schema.FREQUENCY).astype(float)
-    sol_freq = np.asarray(solution[schema.FREQUENCY].values, dtype=float)
     n_out_chan = 1 if sol_freq.size == 1 else freqs.size
-    dims = (schema.TIME, schema.ANTENNA_NAME, schema.FREQUENCY, schema.RECEPTOR)
     sol_dims = (_KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC)
-    values = solution[schema.CALIBRATION_PARAMETER].transpose(*dims)
-    flags = solution[schema.FLAG].transpose(*dims).astype(bool)
-    values = values.rename(dict(zip(dims, sol_dims, strict=True))).drop_vars(
-        list(solution.coords), errors="ignore"
-    )
-    flags = flags.rename(dict(zip(dims, sol_dims, strict=True))).drop_vars(
-        list(solution.coords), errors="ignore"
-    )
-    if values.chunks is not None:
-        values, flags = values.chunk(-1), flags.chunk(-1)
     complex_gains = np.issubdtype(values.dtype, np.complexfloating)
     time_chunks = ds[schema.VISIBILITY].chunksizes.get(schema.TIME, (len(ds[schema.TIME]),))
     target = xr.DataArray(
