@@ -37,7 +37,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,19 @@ _SEPARATOR = "-" * 60
 FORMAT_SUFFIXES = {"csv": ".csv", "text": ".txt"}
 
 
-def _ranges(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive (start, end) channel runs where `mask` is True."""
-    padded = np.concatenate([[0], mask.astype(np.int8), [0]])
-    starts = np.flatnonzero(np.diff(padded) == 1)
-    ends = np.flatnonzero(np.diff(padded) == -1) - 1
-    return [(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+def _ranges(masks: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Per spectrum (rows of `masks`, spectra x channels), the inclusive (start, end) channel
+    runs where the mask is True; one pass over all spectra (a table has thousands)."""
+    n_rows, n_chan = masks.shape
+    padded = np.zeros((n_rows, n_chan + 2), dtype=np.int8)
+    padded[:, 1:-1] = masks
+    step = np.diff(padded, axis=1)
+    start_row, starts = np.nonzero(step == 1)
+    ends = np.nonzero(step == -1)[1] - 1  # same row order: every run that starts also ends
+    bounds = np.cumsum(np.bincount(start_row, minlength=n_rows))[:-1]
+    pairs = list(zip(starts.tolist(), ends.tolist(), strict=True))
+    cuts = [0, *bounds.tolist(), len(pairs)]
+    return [pairs[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def _scans(table: xr.Dataset) -> list[str]:
@@ -74,7 +81,7 @@ def _scans(table: xr.Dataset) -> list[str]:
     return [scan] * n_time
 
 
-def _rows(table: xr.Dataset) -> Iterator[dict[str, Any]]:
+def _rows(table: xr.Dataset) -> list[dict[str, Any]]:
     """One dict per spectrum, in (time, antenna, pol) order, from a computed table."""
     if table.attrs.get(schema.ATTR_TYPE) != schema.TYPE_BASELINE_TABLE:
         raise ValueError(
@@ -95,7 +102,9 @@ def _rows(table: xr.Dataset) -> Iterator[dict[str, Any]]:
     antennas = [str(a) for a in table[schema.ANTENNA_NAME].values]
     pols = [str(p) for p in table[schema.POLARIZATION].values]
     scans = _scans(table)
-    for t, a, p in np.ndindex(*rms.shape):
+    ranges = _ranges(mask.reshape(-1, mask.shape[-1]))
+    rows = []
+    for k, (t, a, p) in enumerate(np.ndindex(*rms.shape)):
         values = coef[t, a, p]
         if blfunc == schema.BL_SINUSOID:
             keep = ~np.isnan(values)
@@ -106,35 +115,38 @@ def _rows(table: xr.Dataset) -> Iterator[dict[str, Any]]:
             names, order = labels, str(attrs[schema.BL_ATTR_NPIECE])
         else:
             names, order = labels, str(attrs[schema.BL_ATTR_ORDER])
-        yield {
-            "scan": scans[t],
-            "antenna": antennas[a],
-            "spw": info.get(schema.PI_SPW_ID, info.get(schema.PI_SPW_NAME, "")),
-            "pol": p,
-            "pol_name": pols[p],
-            "time_unix": float(times[t]),
-            "time_mjd_s": float(times[t]) + schema.MJD_UNIX_OFFSET_S,
-            "ranges": _ranges(mask[t, a, p]),
-            "function": blfunc,
-            "order": order,
-            "names": names,
-            "coefficients": [float(v) for v in values],
-            "rms": float(rms[t, a, p]),
-            "clipthresh": float(attrs[schema.BL_ATTR_CLIPTHRESH]),
-            "clipniter": int(attrs[schema.BL_ATTR_CLIPNITER]),
-            "nclipped": int(nclip[t, a, p]),
-            "units": attrs.get(schema.ATTR_UNITS, ""),
-        }
+        rows.append(
+            {
+                "scan": scans[t],
+                "antenna": antennas[a],
+                "spw": info.get(schema.PI_SPW_ID, info.get(schema.PI_SPW_NAME, "")),
+                "pol": p,
+                "pol_name": pols[p],
+                "time_unix": float(times[t]),
+                "time_mjd_s": float(times[t]) + schema.MJD_UNIX_OFFSET_S,
+                "ranges": ranges[k],
+                "function": blfunc,
+                "order": order,
+                "names": names,
+                "coefficients": [float(v) for v in values],
+                "rms": float(rms[t, a, p]),
+                "clipthresh": float(attrs[schema.BL_ATTR_CLIPTHRESH]),
+                "clipniter": int(attrs[schema.BL_ATTR_CLIPNITER]),
+                "nclipped": int(nclip[t, a, p]),
+                "units": attrs.get(schema.ATTR_UNITS, ""),
+            }
+        )
+    return rows
 
 
 def _csv_header() -> str:
     return "# " + ",".join([*CSV_COLUMNS_HEAD, "coefficients...", *CSV_COLUMNS_TAIL]) + "\n"
 
 
-def _csv_body(table: xr.Dataset) -> str:
+def _csv_body(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    for row in _rows(table):
+    for row in rows:
         writer.writerow(
             [
                 row["scan"],
@@ -160,7 +172,7 @@ def format_csv(table: xr.Dataset) -> str:
 
     Computes `table` if it is dask-backed. Coefficients and rms are in the table's units.
     """
-    return _csv_header() + _csv_body(table)
+    return _csv_header() + _csv_body(_rows(table))
 
 
 def _utc(unix_s: float) -> str:
@@ -179,8 +191,12 @@ def format_text(table: xr.Dataset) -> str:
     the function with its order/npiece/wave numbers and clipping parameters, the coefficients
     (``name = value``), the rms (in the table's units) and the number of clipped channels.
     """
+    return _text_body(_rows(table))
+
+
+def _text_body(rows: list[dict[str, Any]]) -> str:
     out = []
-    for row in _rows(table):
+    for row in rows:
         what = {
             schema.BL_POLY: "Order",
             schema.BL_CHEBYSHEV: "Order",
@@ -230,12 +246,13 @@ def write_baseline_tables(
         raise ValueError(f"unknown baseline table format(s) {unknown}; use 'csv' or 'text'")
     stem = location(stem)
     computed = dask.compute(*tables) if tables else ()
+    rows = [_rows(t) for t in computed]
     written = []
     for fmt in formats:
         if fmt == "csv":
-            text = _csv_header() + "".join(_csv_body(t) for t in computed)
+            text = _csv_header() + "".join(_csv_body(r) for r in rows)
         else:
-            text = "".join(format_text(t) for t in computed)
+            text = "".join(_text_body(r) for r in rows)
         path = stem.with_name(stem.name + FORMAT_SUFFIXES[fmt])
         write_text_atomic(path, text)
         written.append(path)

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -128,10 +129,45 @@ def commit_output(tmp: Path, path: str | os.PathLike) -> Path:
         trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(final, trash)
         os.rename(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_replaced(trash)
     else:
         os.rename(tmp, final)
     return final
+
+
+# Threads deleting replaced store versions, while deferred_removals() is active (else None).
+_removals: list[threading.Thread] | None = None
+
+
+def _remove_replaced(trash: Path) -> None:
+    if _removals is None:
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    worker = threading.Thread(
+        target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, name="radflow-rm"
+    )
+    worker.start()
+    _removals.append(worker)
+
+
+@contextlib.contextmanager
+def deferred_removals() -> Iterator[None]:
+    """Inside the block, the old version a commit replaces is deleted in a background thread
+    (a store is thousands of files: the driver would wait seconds per block); leaving the
+    block waits for every deletion. The swap itself is unchanged: the new version is in
+    place before the deletion starts, and a deletion killed half way leaves a hidden
+    ``.<name>.old-*`` sibling that the next run removes."""
+    global _removals
+    if _removals is not None:  # nested: the outer block waits
+        yield
+        return
+    _removals = []
+    try:
+        yield
+    finally:
+        workers, _removals = _removals, None
+        for worker in workers:
+            worker.join()
 
 
 def abort_output(tmp: Path) -> None:
@@ -516,14 +552,21 @@ def write_objects(path: str | os.PathLike, files: Mapping[str, bytes]) -> None:
 def _in_shares(work: Any, items: list) -> list:
     """``work(share)`` for a share of `items` per thread: with one task per small file,
     submitting costs more than reading or writing it."""
+    if len(items) <= _INLINE_ITEMS:
+        return [work(items)] if items else []
     shares = [items[k::_READ_CONCURRENCY] for k in range(min(_READ_CONCURRENCY, len(items)))]
-    if not shares:
-        return []
-    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-        return list(pool.map(work, shares))
+    return list(_io_pool().map(work, shares))
 
 
 _READ_CONCURRENCY = 32
+_INLINE_ITEMS = 4  # fewer files are read or written in the calling thread
+
+
+@functools.cache
+def _io_pool() -> ThreadPoolExecutor:
+    # one pool for the process: a run calls this for every group it writes, and starting
+    # 32 threads each time cost more than the writes
+    return ThreadPoolExecutor(max_workers=_READ_CONCURRENCY, thread_name_prefix="radflow-io")
 
 
 def _version(p: Path) -> tuple[str, Any]:
