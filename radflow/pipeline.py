@@ -731,9 +731,11 @@ def _compute(
 
         def settle(future: Any) -> None:
             b = owner.pop(future.key)
+            # "lost": it finished, then the worker holding its result (a count) died; the
+            # writes it stands for are done all the same
             if future.status == "error":
                 b.fail(future.exception())
-            elif future.status != "finished":
+            elif future.status not in ("finished", "lost"):
                 b.fail(RuntimeError(f"a write of {b.result.path} was {future.status}"))
             remaining[id(b)] -= 1
             bars.update(b, len(b.writes) - remaining[id(b)], len(b.writes))
@@ -882,7 +884,8 @@ def run(
             yield block
 
     try:
-        _compute(prepared(), client, progress, _finalize, console)
+        with store.deferred_removals():
+            _compute(prepared(), client, progress, _finalize, console)
     except BaseException:
         for b in blocks:
             b.abort()

@@ -304,6 +304,8 @@ def test_rerun_skips_and_force_or_a_changed_recipe_runs_again(pristine, referenc
     assert main(["run", "alma_sd", str(store), "--force", "--no-progress"]) == 0
     assert run_summary_latest(store.parent)["blocks"][0]["status"] == "done"
     assert_identical(contents(store), reference[name], "--force re-run")
+    # the replaced version is deleted in the background, and gone when the run returns
+    assert not list(store.parent.glob(f".{name}.*"))
 
     # a changed parameter runs again; a file named by a parameter is an input: changing its
     # content runs again too
