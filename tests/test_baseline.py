@@ -508,11 +508,13 @@ def test_batched_fits_equal_a_per_spectrum_lstsq(blfunc: str, order: int, npiece
     kwargs = dict(blfunc=blfunc, order=order, npiece=npiece, addwn=(0,), rejwn=(),
                   applyfft=False, fftthresh=3.0, clipthresh=3.0, clipniter=2)  # fmt: skip
     n_coef = bl._n_reported(blfunc, order, npiece, [])
-    model, used, coef, rms, nclip = bl._fit_block(
+    baselined, flag_out, used, coef, rms, nclip = bl._fit_block(
         np.moveaxis(data, 2, -1), np.moveaxis(flag, 2, -1), base_mask=np.ones(n, bool),
         edge=(0, 0), auto=False, finder={}, fit_kwargs=kwargs, slots={}, n_coef=n_coef,
     )  # fmt: skip
-    model, used = model.reshape(n_rows, n), used.reshape(n_rows, n)
+    model = y - baselined.reshape(n_rows, n)
+    used, flag_out = used.reshape(n_rows, n), flag_out.reshape(n_rows, n)
+    np.testing.assert_array_equal(flag_out, ~mask | np.isnan(rms.reshape(n_rows))[:, None])
     rms, nclip = rms.reshape(n_rows), nclip.reshape(n_rows)
     for s in range(n_rows):
         if s in (3, 5):

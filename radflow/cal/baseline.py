@@ -989,14 +989,21 @@ def _fit_block(
     fit_kwargs: dict[str, Any],
     slots: dict[int, int],
     n_coef: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fit every spectrum of a block (frequency last); returns model, mask, coef, rms, nclip."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit every spectrum of a block (frequency last).
+
+    Returns the baseline-subtracted data (dtype of `data`; NaN where the fit failed), its
+    flags (`flag`, non-finite data and failed fits), the fit mask, the coefficients, rms and
+    number of clipped channels: the subtraction and flags are made here, in the task, rather
+    than as further graph layers over the (float64) model.
+    """
     lead, n_chan = data.shape[:-1], data.shape[-1]
     spectra = np.asarray(data).reshape(-1, n_chan)
     flagged = np.asarray(flag, dtype=bool).reshape(-1, n_chan)
     search_mask = _edge_mask(n_chan, edge)
     n_rows = spectra.shape[0]
-    model = np.full((n_rows, n_chan), np.nan)
+    baselined = np.empty(spectra.shape, dtype=spectra.dtype)
+    flag_out = np.empty(spectra.shape, dtype=bool)
     used = np.zeros((n_rows, n_chan), dtype=bool)
     coef = np.full((n_rows, n_coef), np.nan)
     rms = np.full(n_rows, np.nan)
@@ -1025,15 +1032,18 @@ def _fit_block(
         for w, pick in groups:
             fits = _fit_rows(y0[pick], mask[pick], waves=w, **kwargs)
             # views of the batch's rows: assigning through them fills the outputs
-            model[rows][pick], used[rows][pick] = fits.model, fits.mask_used
+            baselined[rows][pick] = y[pick] - fits.model
+            used[rows][pick] = fits.mask_used
             rms[rows][pick], nclip[rows][pick] = fits.rms, fits.nclipped
             if sinusoid:
                 where = [slots[k] + j for k in w for j in range(1 if k == 0 else 2)]
                 coef[rows][np.ix_(pick, where)] = fits.coefficients
             else:
                 coef[rows][pick, : fits.coefficients.shape[1]] = fits.coefficients
+        flag_out[rows] = flagged[rows] | ~finite | np.isnan(rms[rows])[:, None]
     return (
-        model.reshape(data.shape),
+        baselined.reshape(data.shape),
+        flag_out.reshape(data.shape),
         used.reshape(data.shape),
         coef.reshape(*lead, n_coef),
         rms.reshape(lead),
@@ -1152,14 +1162,14 @@ def subtract(
     flag = src.flag.reset_coords(drop=True)
     data = data.chunk({freq: -1}) if data.chunks is not None else data
     flag = flag.chunk({freq: -1}) if flag.chunks is not None else flag
-    model, used, coef, rms, nclip = xr.apply_ufunc(
+    baselined, flag_out, used, coef, rms, nclip = xr.apply_ufunc(
         _fit_block,
         data,
         flag,
         input_core_dims=[[freq], [freq]],
-        output_core_dims=[[freq], [freq], [schema.COEFFICIENT], [], []],
+        output_core_dims=[[freq], [freq], [freq], [schema.COEFFICIENT], [], []],
         dask="parallelized",
-        output_dtypes=[np.float64, bool, np.float64, np.float64, np.int32],
+        output_dtypes=[src.data.dtype, bool, bool, np.float64, np.float64, np.int32],
         dask_gufunc_kwargs={"output_sizes": {schema.COEFFICIENT: len(labels)}},
         kwargs=dict(
             base_mask=base_mask,
@@ -1172,14 +1182,12 @@ def subtract(
         ),
     )
     dims = src.data.dims
-    model = model.transpose(*dims)
     used = used.transpose(*dims)
-    failed = np.isnan(rms)
     out = add_data_group(
         ds,
         output,
-        data=(src.data - model).astype(src.data.dtype),
-        flag=src.flag | ~np.isfinite(src.data) | failed,
+        data=baselined.transpose(*dims).assign_coords(src.data.coords),
+        flag=flag_out.transpose(*dims).assign_coords(src.flag.coords),
         weight=None,
         units=src.units,
         description=f"data group {group!r} minus a {blfunc} baseline (step baseline)",
