@@ -353,6 +353,137 @@ def test_sky_weight_factor_matches_casa_formula():
     np.testing.assert_allclose(got, [10.0 / 11.0, between, 5.0 / 6.0])
 
 
+def _calibrate_reference(
+    times, on, on_flag, on_weight, tau_on, off, off_flag, exposure, tsys_table, tsys_flag,
+    *, off_knots, tsys_knots, method, mean_tsys_axis,
+):  # fmt: skip
+    """The plain numpy form of sdcal's kernel (as it was before it was compiled)."""
+    off_t, off_t_flag = interp.interpolate_block(
+        times, off, off_flag, knots=off_knots, method=method
+    )
+    tsys_t, tsys_t_flag = interp.interpolate_block(
+        times, tsys_table, tsys_flag, knots=tsys_knots, method=method
+    )
+    factor = sdcal._weight_factor_block(times, tau_on, exposure, knots=off_knots)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ta = tsys_t * (on - off_t) / off_t
+        tsys_w = tsys_t if mean_tsys_axis is None else tsys_t.mean(mean_tsys_axis, keepdims=True)
+        weight = on_weight * factor / tsys_w**2
+    finite = np.isfinite(ta)
+    flag = on_flag | off_t_flag | tsys_t_flag | ~finite
+    ta = np.where(finite, ta, 0.0).astype(on.dtype)
+    weight = np.where(np.isfinite(weight), weight, 0.0).astype(on_weight.dtype)
+    return ta, flag, weight
+
+
+def _kernel_inputs(rng, off_knots, tsys_knots, n_ant=3, n_chan=7, n_pol=2):
+    """Inputs of sdcal's kernel as xr.apply_ufunc passes them for dims (time, antenna,
+    frequency, polarization): data times before, at, between (midway too) and after both
+    tables' knots; NaN and zero OFF and Tsys values, flags in the data and at the knots; the
+    weight broadcast (size 1) along frequency, the Tsys table along antenna."""
+    knots = np.concatenate([off_knots, tsys_knots])
+    midway = (off_knots[1:] + off_knots[:-1]) / 2  # nearest: a tie goes to the earlier knot
+    times = np.concatenate(
+        [knots, knots + 0.5, midway, [knots.min() - 7.0, knots.max() + 3.0], rng.uniform(0, 60, 12)]
+    )
+    n_t = times.size
+    full = (n_t, n_ant, n_chan, n_pol)
+    on = rng.uniform(1.0, 2.0, full).astype(np.float32)
+    on[rng.random(full) < 0.03] = np.nan
+    off = rng.uniform(0.5, 2.0, (n_ant, n_chan, n_pol, off_knots.size)).astype(np.float32)
+    off[rng.random(off.shape) < 0.05] = 0.0  # Ta* = x / 0: flagged and 0
+    off[rng.random(off.shape) < 0.05] = np.nan
+    tsys = rng.uniform(50.0, 200.0, (1, n_chan, n_pol, tsys_knots.size))
+    # at the first and last knots in the first polarization: one makes the channel mean
+    # non-finite for all the data that uses that knot
+    tsys[0, 1, 0, 0] = 0.0  # weight x / 0: 0
+    tsys[0, 3, 0, -1] = np.nan
+    per_time = {
+        "times": times.reshape(-1, 1, 1, 1),
+        "on": on,
+        "on_flag": rng.random(full) < 0.1,
+        "on_weight": rng.uniform(0.5, 2.0, (n_t, n_ant, 1, n_pol)).astype(np.float32),
+        "tau_on": rng.uniform(1.0, 3.0, (n_t, n_ant, 1, 1)),
+    }
+    tables = {
+        "off": off,
+        "off_flag": rng.random(off.shape) < 0.2,
+        "exposure": rng.uniform(2.0, 10.0, (n_ant, 1, 1, off_knots.size)),
+        "tsys_table": tsys,
+        "tsys_flag": rng.random((n_ant, n_chan, n_pol, tsys_knots.size)) < 0.2,
+    }
+    return per_time, tables
+
+
+def _permuted(per_time, tables):
+    # loop dims (time, polarization, frequency, antenna)
+    return (
+        {k: v.transpose(0, 3, 2, 1) for k, v in per_time.items()},
+        {k: v.transpose(2, 1, 0, 3) for k, v in tables.items()},
+    )
+
+
+def _without_antenna(per_time, tables):
+    # loop dims (time, frequency, polarization)
+    return {k: v[:, 0] for k, v in per_time.items()}, {k: v[0] for k, v in tables.items()}
+
+
+def _five_dims(per_time, tables):
+    # loop dims (time, antenna, beam, frequency, polarization), so that the kernel merges axes;
+    # inputs that vary along frequency get 2 beams, the others a size-1 beam axis
+    return (
+        {k: np.repeat(v[:, :, None], 1 if v.shape[2] == 1 else 2, 2) for k, v in per_time.items()},
+        {k: np.repeat(v[:, None], 1 if v.shape[1] == 1 else 2, 1) for k, v in tables.items()},
+    )
+
+
+_LAYOUTS = {  # name: (make inputs from the apply_ufunc form, number of antennas, frequency axis)
+    "apply_ufunc": (lambda pt, tb: (pt, tb), 3, 2),
+    "permuted": (_permuted, 3, 2),
+    "no_antenna": (_without_antenna, 1, 1),
+    "five_dims": (_five_dims, 2, 3),
+}
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+@pytest.mark.parametrize("weight_tsys", ["channel", "mean"])
+@pytest.mark.parametrize("method", ["linear", "nearest"])
+@pytest.mark.parametrize("one_knot", [False, True])
+def test_calibrate_kernel_equals_numpy_reference(layout, weight_tsys, method, one_knot):
+    """The compiled kernel against the plain numpy form: the same flags and Ta*, to the bit;
+    the same weights (to float64 round-off for the channel mean of Tsys)."""
+    rng = np.random.default_rng(7)
+    off_knots = np.array([30.0]) if one_knot else np.array([10.0, 20.0, 35.0, 50.0])
+    tsys_knots = np.array([25.0]) if one_knot else np.array([5.0, 30.0, 55.0])
+    transform, n_ant, freq_axis = _LAYOUTS[layout]
+    per_time, tables = transform(*_kernel_inputs(rng, off_knots, tsys_knots, n_ant=n_ant))
+    args = (*per_time.values(), *tables.values())
+    kwargs = {
+        "off_knots": off_knots,
+        "tsys_knots": tsys_knots,
+        "method": method,
+        "mean_tsys_axis": freq_axis if weight_tsys == "mean" else None,
+    }
+    ta, flag, weight = sdcal._calibrate_block(*args, **kwargs)
+    # (the numpy form's weight lacks the axes along which none of its inputs varies)
+    shape = np.broadcast_shapes(*(x.shape for x in per_time.values()))
+    ta_ref, flag_ref, weight_ref = (
+        np.broadcast_to(x, shape) for x in _calibrate_reference(*args, **kwargs)
+    )
+    for got, expected in ((ta, ta_ref), (flag, flag_ref), (weight, weight_ref)):
+        assert got.shape == shape and got.dtype == expected.dtype
+    np.testing.assert_array_equal(flag, flag_ref)
+    np.testing.assert_array_equal(ta, ta_ref)
+    if weight_tsys == "channel":
+        np.testing.assert_array_equal(weight, weight_ref)
+    else:
+        np.testing.assert_allclose(weight, weight_ref, rtol=2e-7, atol=0)
+    # the inputs reach every branch: flagged and not, non-finite results zeroed, weights 0
+    assert flag.any() and not flag.all()
+    assert (flag & (ta == 0) & ~per_time["on_flag"]).any()
+    assert (weight == 0).any() and (weight > 0).any()
+
+
 def test_steps_are_lazy(ps):
     _, store = ps
     tree = radflow.open(store)

@@ -17,14 +17,20 @@ CASA's: nearest ``tau_off / (tau_on + tau_off)``; between OFFs at t1, t2 with ex
 Flags (CASA ``applymode='calflagstrict'``): a sample is flagged when it was flagged, when the OFF
 or Tsys solution it uses is flagged, when its antenna has no Tsys solution, or when the result
 is not finite.
+
+Each data chunk is calibrated by one compiled (numba) pass that releases the GIL, so a worker's
+threads calibrate chunks in parallel: per sample it interpolates OFF and Tsys and forms Ta*,
+flag and weight in float64, as the plain numpy form would, without chunk-sized temporaries.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import dask.array as da
+import numba
 import numpy as np
 import xarray as xr
 
@@ -81,24 +87,156 @@ def _calibrate_block(
     method: interp.Method,
     mean_tsys_axis: int | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # One data chunk (time, antenna, frequency, polarization), whole solution tables (their
-    # time axis last): every intermediate lives for one chunk only.
-    off_t, off_t_flag = interp.interpolate_block(times, off, off_flag, knots=off_knots,
-                                                 method=method)  # fmt: skip
-    tsys_t, tsys_t_flag = interp.interpolate_block(times, tsys_table, tsys_flag,
-                                                   knots=tsys_knots, method=method)  # fmt: skip
-    factor = _weight_factor_block(times, tau_on, exposure, knots=off_knots)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ta = tsys_t * (on - off_t) / off_t
-        tsys_w = tsys_t if mean_tsys_axis is None else tsys_t.mean(mean_tsys_axis, keepdims=True)
-        weight = on_weight * factor / tsys_w**2
-    finite = np.isfinite(ta)
-    flag = on_flag | off_t_flag | tsys_t_flag | ~finite
-    # Non-finite results (NaN input, flagged solutions) become 0 and stay flagged, so that
-    # no NaN reaches a later fit or average.
-    ta = np.where(finite, ta, 0.0).astype(on.dtype)
-    weight = np.where(np.isfinite(weight), weight, 0.0).astype(on_weight.dtype)
-    return ta, flag, weight
+    """Ta* (K, `on`'s dtype), flag and weight (K**-2, `on_weight`'s dtype) of one data chunk.
+
+    The per-time inputs (`times` in unix s, raw `on` with its flag and weight, `tau_on` in s)
+    come as ``xr.apply_ufunc`` passes them: the loop dims (time first), size 1 where an input
+    lacks one. The whole solution tables (OFF, its flag, its `exposure` in s, Tsys in K and its
+    flag) have their time axis last and lack the loop's time axis (and any leading dim they do
+    not have). `mean_tsys_axis` is the frequency axis of the loop dims for ``weight_tsys="mean"``.
+    Solution knots are in unix s. The outputs have the broadcast shape of the inputs.
+    """
+    shape = np.broadcast_shapes(
+        times.shape, on.shape, on_flag.shape, on_weight.shape, tau_on.shape,
+        *(x.shape[:-1] for x in (off, off_flag, exposure, tsys_table, tsys_flag)),
+    )  # fmt: skip
+    rest = shape[1:]
+    t = times.reshape(times.shape[0])
+    factor = _weight_factor_block(times, tau_on, _pad_table(exposure, rest), knots=off_knots)
+    tsys_k = _knot_first(tsys_table, rest)
+    tsys_rows = _table(tsys_k)
+    weight_tsys_rows = tsys_rows
+    if mean_tsys_axis is not None:
+        # The channel mean of the interpolated Tsys is the interpolation of the knots' channel
+        # means (the time weights are the same for all channels): k rows to average, not a
+        # chunk. Equal to averaging after interpolating up to float64 round-off.
+        mean = tsys_k.mean(mean_tsys_axis, dtype=np.float64, keepdims=True)
+        weight_tsys_rows = _table(np.broadcast_to(mean, tsys_k.shape))
+    kernel_shape = _kernel_shape(shape)
+    ta = np.empty(kernel_shape, on.dtype)
+    flag = np.empty(kernel_shape, bool)
+    weight = np.empty(kernel_shape, on_weight.dtype)
+    _calibrate_kernel(
+        *(_per_time(x, shape) for x in (on, on_flag, on_weight)),
+        _compact(factor, shape),
+        _table(_knot_first(off, rest)),
+        _table(_knot_first(off_flag, rest)),
+        tsys_rows,
+        _table(_knot_first(tsys_flag, rest)),
+        weight_tsys_rows,
+        *interp.time_weights(off_knots, t, method),
+        *interp.time_weights(tsys_knots, t, method),
+        ta, flag, weight,
+    )  # fmt: skip
+    return ta.reshape(shape), flag.reshape(shape), weight.reshape(shape)
+
+
+def _pad_table(table: np.ndarray, rest: tuple[int, ...]) -> np.ndarray:
+    """A (..., k) table with the leading size-1 axes it lacks against the loop dims `rest`
+    (those after time), so that its axes line up with a chunk's once k is taken per time."""
+    return table.reshape((1,) * (len(rest) + 1 - table.ndim) + table.shape)
+
+
+def _knot_first(table: np.ndarray, rest: tuple[int, ...]) -> np.ndarray:
+    """A (..., k) table as a (k, *rest) view: the knot axis where a chunk has its time axis."""
+    return np.broadcast_to(np.moveaxis(_pad_table(table, rest), -1, 0), (table.shape[-1], *rest))
+
+
+def _kernel_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """`shape` (time or knot axis first) as the kernel's 3 axes: the first, the middle ones
+    merged and the last two merged, so that the kernel's inner loop runs over a whole row
+    (frequency x polarization) and vectorises, whatever the number of loop dims."""
+    rest = (1,) * (2 - len(shape[1:])) + shape[1:]
+    return shape[0], math.prod(rest[:-2]), math.prod(rest[-2:])
+
+
+def _per_time(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A per-time input (data, flag, weight) as the kernel's (t, r, c), C-contiguous: a view
+    of a full C-contiguous chunk; otherwise a copy, as LLVM vectorises the kernel's loop only
+    over rows it knows to be contiguous (per-channel FLAG and WEIGHT are full in practice)."""
+    return np.ascontiguousarray(np.broadcast_to(x, shape).reshape(_kernel_shape(shape)))
+
+
+def _compact(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A per-time input as the kernel's (t, r, c), C-contiguous, with size 1 along the axes it
+    is broadcast along (the kernel steps through those by 0): for the sky weight factor, one
+    number per time and antenna, that would otherwise be copied to a chunk's size."""
+    # A view for the usual layouts; numpy copies where merged axes cannot share one stride.
+    x = np.broadcast_to(x, shape).reshape(_kernel_shape(shape))
+    return np.ascontiguousarray(x[tuple(slice(None) if s else slice(0, 1) for s in x.strides)])
+
+
+def _table(x: np.ndarray) -> np.ndarray:
+    """A (k, *rest) table in the kernel's (k, r, c) axes, C-contiguous: per time the kernel
+    reads two knots' rows, a few dozen KB that stay in cache, and vectorises over them."""
+    return np.ascontiguousarray(x.reshape(_kernel_shape(x.shape)))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _calibrate_kernel(
+    on: np.ndarray,
+    on_flag: np.ndarray,
+    on_weight: np.ndarray,
+    factor: np.ndarray,
+    off: np.ndarray,
+    off_flag: np.ndarray,
+    tsys: np.ndarray,
+    tsys_flag: np.ndarray,
+    weight_tsys: np.ndarray,
+    off_i0: np.ndarray,
+    off_i1: np.ndarray,
+    off_w1: np.ndarray,
+    tsys_i0: np.ndarray,
+    tsys_i1: np.ndarray,
+    tsys_w1: np.ndarray,
+    ta: np.ndarray,
+    flag: np.ndarray,
+    weight: np.ndarray,
+) -> None:
+    """Fill `ta` (K), `flag` and `weight` (K**-2), all (t, r, c), in one pass over them.
+
+    `on`, `on_flag` and `on_weight` are (t, r, c), the sky weight `factor` the same or size 1
+    along the axes it is broadcast along. The tables `off`, `off_flag`, `tsys` (K), `tsys_flag`
+    and `weight_tsys` (the Tsys the weight uses, K) are (k, r, c), interpolated per time with
+    the ``(i0, i1, w1)`` of :func:`interp.time_weights`. The arithmetic is the numpy form's,
+    operation for operation in float64 (``error_model="numpy"``: x / 0 is inf or NaN, not an
+    exception), so the results are the same to the bit; no chunk-sized temporary is made.
+    """
+    n_t, n_r, n_c = ta.shape
+    factor_step = int(factor.shape[2] > 1)  # 0: one factor for the whole row
+    for t in range(n_t):
+        o0, o1, ow = off_i0[t], off_i1[t], off_w1[t]
+        s0, s1, sw = tsys_i0[t], tsys_i1[t], tsys_w1[t]
+        # the second knot, when its weight is 0, neither contributes nor flags
+        o1_flags, s1_flags = ow > 0, sw > 0
+        for r in range(n_r):
+            on_r, on_flag_r, on_weight_r = on[t, r], on_flag[t, r], on_weight[t, r]
+            factor_r = factor[t if factor.shape[0] > 1 else 0, r if factor.shape[1] > 1 else 0]
+            off0, off1 = off[o0, r], off[o1, r]
+            off_flag0, off_flag1 = off_flag[o0, r], off_flag[o1, r]
+            tsys0, tsys1 = tsys[s0, r], tsys[s1, r]
+            tsys_flag0, tsys_flag1 = tsys_flag[s0, r], tsys_flag[s1, r]
+            weight_tsys0, weight_tsys1 = weight_tsys[s0, r], weight_tsys[s1, r]
+            # Branch-free (| rather than or, selects), so that LLVM vectorises over the row.
+            for c in range(n_c):
+                off_t = (1.0 - ow) * off0[c] + ow * off1[c]
+                tsys_t = (1.0 - sw) * tsys0[c] + sw * tsys1[c]
+                weight_tsys_t = (1.0 - sw) * weight_tsys0[c] + sw * weight_tsys1[c]
+                value = tsys_t * (on_r[c] - off_t) / off_t
+                w = on_weight_r[c] * factor_r[c * factor_step] / (weight_tsys_t * weight_tsys_t)
+                finite = np.isfinite(value)
+                flag[t, r, c] = (
+                    on_flag_r[c]
+                    | off_flag0[c]
+                    | (o1_flags & off_flag1[c])
+                    | tsys_flag0[c]
+                    | (s1_flags & tsys_flag1[c])
+                    | (not finite)
+                )
+                # Non-finite results (NaN input, flagged solutions) become 0 and stay
+                # flagged, so that no NaN reaches a later fit or average.
+                ta[t, r, c] = value if finite else 0.0
+                weight[t, r, c] = w if np.isfinite(w) else 0.0
 
 
 def _tsys_for(antennas: list[str], solution: xr.Dataset, pols: list[str]) -> xr.Dataset:
