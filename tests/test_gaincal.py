@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import xarray as xr
 import radflow
 from radflow import schema
 from radflow.cal import apply as applycal
-from radflow.cal import gain
+from radflow.cal import gain, interp
 from radflow.converters.msv2_to_store import convert
 from radflow.store import partitions
 from radflow.testing import simulate_interferometer
@@ -262,6 +264,201 @@ def test_linear_interpolation_of_amplitude_and_unwrapped_phase() -> None:
     np.testing.assert_allclose(
         np.abs(1 / nearest), [1.0, 1.0, 2.0, 2.0, 1.5], rtol=1e-6
     )  # ties: left
+
+
+# ---- the compiled kernels against their former numpy forms ----
+#
+# The references are the numpy implementations the kernels replaced. Single-precision products
+# may round differently (numpy's SIMD loops fuse multiply-adds on some CPUs, not on others, so
+# the references themselves differ by a few ulp between machines): values are compared to
+# single-precision round-off; flags, and which samples count, exactly.
+
+
+def _prepare_block_reference(
+    vis, weight, flag, *rest, has_model, pols, per_channel
+) -> tuple[np.ndarray, np.ndarray]:
+    model = rest[0] if has_model else None
+    corrections = rest[1:] if has_model else rest
+    vis = vis.astype(np.complex64)
+    weight = weight.astype(np.float32)
+
+    def on_channels(x: np.ndarray) -> np.ndarray:
+        return x if x.ndim == vis.ndim else x[..., None, :]
+
+    for k in range(len(corrections) // 3):
+        factor, wfactor, cflag = (on_channels(x) for x in corrections[3 * k : 3 * k + 3])
+        vis = vis * factor
+        weight = weight * wfactor
+        flag = flag | cflag
+    vis, weight, flag = vis[..., pols], weight[..., pols], flag[..., pols]
+    w = np.where(flag, 0.0, weight)
+    if model is not None:
+        model = model[..., pols].astype(np.complex64)
+        num, den = w * vis * np.conj(model), w * np.abs(model) ** 2
+    else:
+        num, den = w * vis, w
+    good = np.isfinite(num) & (den > 0)
+    num, den = np.where(good, num, 0.0), np.where(good, den, 0.0)
+    if not per_channel:
+        return num.sum(axis=-2, dtype=np.complex128), den.sum(axis=-2, dtype=np.float64)
+    return num.astype(np.complex128), den.astype(np.float64)
+
+
+def _complex(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+
+
+def _spoiled(rng: np.random.Generator, x: np.ndarray, fraction: float = 0.03) -> np.ndarray:
+    """`x` with NaN and inf at random places."""
+    x = x.copy()
+    x.flat[rng.choice(x.size, int(fraction * x.size), replace=False)] = np.nan
+    x.flat[rng.choice(x.size, int(fraction * x.size), replace=False)] = np.inf
+    return x
+
+
+def _random_corrections(rng: np.random.Generator, shape: tuple[int, ...], kinds: str) -> list:
+    """(factor, weight factor, flag) per letter of `kinds`: "B" per channel (complex), "G"
+    without the channel axis (complex), "T" (real, per channel: a TSYS-like table)."""
+    out = []
+    for kind in kinds:
+        cshape = shape if kind in "BT" else shape[:2] + shape[3:]
+        factor = _complex(rng, cshape) if kind != "T" else rng.uniform(0.5, 2, cshape)
+        dtype = np.complex64 if kind != "T" else np.float32
+        wshape = shape[:2] + shape[3:]
+        out += [
+            _spoiled(rng, factor, 0.01).astype(dtype),
+            rng.uniform(0.5, 2, wshape).astype(np.float32),
+            rng.uniform(size=cshape) < 0.05,
+        ]
+    return out
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kinds", ["", "G", "B", "BG", "TGB"])
+@pytest.mark.parametrize("has_model", [False, True])
+def test_prepare_block_equals_the_numpy_reference(has_model, kinds, per_channel) -> None:
+    rng = np.random.default_rng(len(kinds) + 10 * has_model + 100 * per_channel)
+    shape = (5, 21, 16, 4)  # XX XY YX YY: the parallel hands are 0 and 3
+    vis = _spoiled(rng, _complex(rng, shape)).astype(np.complex64)
+    weight = rng.uniform(0, 2, shape[::-1]).astype(np.float32).T  # not C-contiguous
+    weight.flat[rng.choice(weight.size, 200, replace=False)] = 0.0
+    weight.flat[rng.choice(weight.size, 200, replace=False)] = -1.0
+    weight.flat[rng.choice(weight.size, 200, replace=False)] = np.nan
+    flag = rng.uniform(size=shape) < 0.1
+    flag[0, 3] = True  # a whole baseline
+    model = [_spoiled(rng, _complex(rng, shape), 0.01).astype(np.complex64)] if has_model else []
+    inputs = [vis, weight, flag, *model, *_random_corrections(rng, shape, kinds)]
+    kwargs = dict(has_model=has_model, pols=np.array([0, 3]), per_channel=per_channel)
+    num, den = gain._prepare_block(*inputs, **kwargs)
+    with np.errstate(invalid="ignore"):  # NaN and inf data
+        ref_num, ref_den = _prepare_block_reference(*inputs, **kwargs)
+    assert (num.shape, num.dtype, den.dtype) == (ref_num.shape, ref_num.dtype, ref_den.dtype)
+    if per_channel:  # the same samples count
+        np.testing.assert_array_equal(den == 0, ref_den == 0)
+    scale = np.abs(ref_num).max()
+    np.testing.assert_allclose(num, ref_num, rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(den, ref_den, rtol=1e-6)
+    assert np.isfinite(num).all() and np.isfinite(den).all()
+
+
+def _correction_block_reference(
+    times, values, flags, knots, *, method, complex_gains, tsys, channel_mean_weight,
+    freq_weights, ant1, ant2, rec1, rec2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    t = times.reshape(-1)
+    knots = knots.reshape(-1)
+    i0, i1, w1 = interp.time_weights(knots, t, method)
+    w = w1[:, None, None, None]
+    f = flags[i0] | (flags[i1] & (w > 0))
+    if complex_gains:
+        phase = np.unwrap(np.angle(values), axis=0)
+        amp = np.abs(values)
+        amp_t = (1 - w) * amp[i0] + w * amp[i1]
+        phase_t = (1 - w) * phase[i0] + w * phase[i1]
+    else:
+        amp_t = (1 - w) * values[i0] + w * values[i1]
+    c0, c1, wf = freq_weights
+    wf = wf[None, None, :, None]
+    amp_f = (1 - wf) * amp_t[:, :, c0] + wf * amp_t[:, :, c1]
+    f = f[:, :, c0] | (f[:, :, c1] & (wf > 0))
+    if complex_gains:
+        phase_f = (1 - wf) * phase_t[:, :, c0] + wf * phase_t[:, :, c1]
+        g = amp_f * np.exp(1j * phase_f)
+    else:
+        g = amp_f
+    g = g.astype(np.complex64 if complex_gains else np.float32)
+    g1 = g[:, ant1][..., rec1]
+    g2 = g[:, ant2][..., rec2]
+    flag = f[:, ant1][..., rec1] | f[:, ant2][..., rec2]
+    if tsys:
+        product = np.where(flag, 1.0, g1 * g2)
+        return np.sqrt(product), 1.0 / product, flag
+    product = np.where(flag, 1.0, g1 * np.conj(g2))
+    if channel_mean_weight:
+        power = np.where(f, np.nan, np.abs(g) ** 2)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nan_to_num(np.nanmean(power, axis=2, keepdims=True), nan=1.0)
+        weight = np.broadcast_to(mean[:, ant1][..., rec1] * mean[:, ant2][..., rec2], flag.shape)
+    else:
+        weight = np.abs(product) ** 2
+    return 1.0 / product, weight, flag
+
+
+@pytest.mark.parametrize("method", ["linear", "nearest"])
+@pytest.mark.parametrize(
+    "cal_type, n_knots, n_chan, n_rec",
+    [("G", 6, 1, 2), ("T", 6, 1, 1), ("G", 1, 1, 2), ("B", 1, 8, 2), ("B", 3, 8, 2),
+     ("TSYS", 4, 8, 2)],
+)  # fmt: skip
+def test_correction_block_equals_the_numpy_reference(
+    cal_type, n_knots, n_chan, n_rec, method
+) -> None:
+    rng = np.random.default_rng(n_knots + 10 * n_chan + 100 * n_rec)
+    n_ant = 5
+    knots = np.sort(rng.uniform(0, 100, n_knots)) + 1e9
+    # inside, outside and on the solution times
+    times = np.concatenate([rng.uniform(-20, 120, 9) + 1e9, knots[:2], knots[:1]])
+    shape = (n_knots, n_ant, n_chan, n_rec)
+    if cal_type == "TSYS":
+        values = rng.uniform(50, 200, shape)
+    else:
+        values = rng.uniform(0.5, 2, shape) * np.exp(1j * rng.uniform(-np.pi, np.pi, shape))
+    flags = rng.uniform(size=shape) < 0.15
+    flags[:, 2, 3 % n_chan] = True  # an antenna flagged in a channel at every solution time
+    sol_freq = np.linspace(100e9, 101e9, n_chan)
+    data_freq = np.linspace(99.9e9, 101.2e9, 2 * n_chan + 3)  # beyond both band edges
+    ant1, ant2 = np.triu_indices(n_ant)  # with the autocorrelations
+    rec1, rec2 = ([0, 0, 1, 1], [0, 1, 0, 1]) if n_rec == 2 else ([0] * 4, [0] * 4)
+    kwargs = dict(
+        method=method, complex_gains=cal_type != "TSYS", tsys=cal_type == "TSYS",
+        channel_mean_weight=cal_type == "B", freq_weights=applycal._frequency_weights(
+            sol_freq, data_freq), ant1=ant1, ant2=ant2, rec1=np.array(rec1), rec2=np.array(rec2),
+    )  # fmt: skip
+    args = (times[:, None], values, flags, knots)
+    new = applycal._correction_block(*args, **kwargs)
+    ref = _correction_block_reference(*args, **kwargs)
+    for x, y in zip(new, ref, strict=True):
+        assert (x.shape, x.dtype) == (y.shape, y.dtype)
+    np.testing.assert_array_equal(new[2], ref[2])
+    assert ref[2].any() and not ref[2].all()
+    np.testing.assert_allclose(new[0], ref[0], rtol=1e-6)
+    np.testing.assert_allclose(new[1], ref[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, dtype", [((30,), float), ((30, 6, 2), complex),
+                                          ((30, 3, 4, 2), float)])  # fmt: skip
+def test_binned_block_equals_the_matrix_product(shape, dtype) -> None:
+    rng = np.random.default_rng(len(shape))
+    onehot = np.zeros((7, 50))
+    onehot[rng.integers(0, 7, 50), np.arange(50)] = 1.0  # each integration in one interval
+    x = rng.normal(size=shape) if dtype is float else _complex(rng, shape)
+    info = [{"array-location": [(20, 50), *[(0, n) for n in shape[1:]]]}]
+    for weights in (onehot, onehot * rng.normal(size=50)):  # memberships, time offsets
+        expected = (weights[:, 20:50] @ x.reshape(30, -1)).reshape((7, *shape[1:]))
+        out = gain._binned_block(x, onehot=weights, block_info=info)
+        assert (out.shape, out.dtype) == (expected.shape, expected.dtype)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
 # ---- on a simulated ALMA EB ----

@@ -38,8 +38,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dask.array as da
+import numba
 import numpy as np
 import xarray as xr
+from numba import types
+from numba.extending import overload
 
 from radflow import schema
 from radflow.cal import interp
@@ -175,6 +178,67 @@ def _frequency_weights(sol_freq: np.ndarray, freqs: np.ndarray):
     return order[i0], order[i1], w1
 
 
+def _reciprocal(x: complex) -> complex:
+    """``1 / x`` of a single-precision number, computed in double precision (then rounded
+    correctly when stored as single); compiled forms below."""
+    return 1 / x
+
+
+@overload(_reciprocal)
+def _reciprocal_compiled(x):  # unannotated: numba matches it to the implementations
+    if isinstance(x, types.Complex):
+        # conj(x) / |x|^2 in double cannot overflow for single-precision x, and it is ~3x as
+        # fast as numba's complex division (1 / 0 gives nan + nan j, numpy's inf + nan j)
+        def reciprocal(x):
+            re, im = np.float64(x.real), np.float64(x.imag)
+            norm = re * re + im * im
+            return complex(re / norm, -im / norm)
+
+    else:
+
+        def reciprocal(x):
+            return 1.0 / np.float64(x)
+
+    return reciprocal
+
+
+# The per-baseline gathers, products and reciprocals are one compiled pass: in numpy the fancy
+# indexing alone (antenna, then receptor) took most of applycal's time for per-channel tables.
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _baseline_products(
+    first: np.ndarray,
+    second: np.ndarray,
+    flags: np.ndarray,
+    rows: np.ndarray,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    rec1: np.ndarray,
+    rec2: np.ndarray,
+    invert: bool,
+    out: np.ndarray,
+    flag: np.ndarray,
+) -> None:
+    """Fill `out` with ``first[i, p] * second[j, q]`` (its reciprocal if `invert`) and `flag`
+    with ``flags[i, p] | flags[j, q]`` (time, baseline, channel, pol): antennas i, j of the
+    baseline, receptors p, q of the pol, at row ``rows[time]`` of the tables (row, antenna,
+    channel, receptor); `out` is 1 where flagged."""
+    for t in range(rows.size):
+        r = rows[t]
+        for b in range(ant1.size):
+            i, j = ant1[b], ant2[b]
+            for c in range(out.shape[2]):
+                for p in range(rec1.size):
+                    p1, p2 = rec1[p], rec2[p]
+                    bad = flags[r, i, c, p1] or flags[r, j, c, p2]
+                    flag[t, b, c, p] = bad
+                    if bad:
+                        out[t, b, c, p] = 1
+                    elif invert:
+                        out[t, b, c, p] = _reciprocal(first[r, i, c, p1] * second[r, j, c, p2])
+                    else:
+                        out[t, b, c, p] = first[r, i, c, p1] * second[r, j, c, p2]
+
+
 def _correction_block(
     times: np.ndarray,
     values: np.ndarray,
@@ -198,8 +262,14 @@ def _correction_block(
     knots = knots.reshape(-1)
     if np.any(np.diff(knots) <= 0):
         raise ApplyError(f"applycal: solution times are not increasing: {knots}")
-    i0, i1, w1 = interp.time_weights(knots, t, method)
-    w = w1[:, None, None, None]
+    # Interpolated once per distinct (i0, i1, w1), not per integration: a one-solution table
+    # (a bandpass) or nearest interpolation needs one or a few rows for the whole chunk
+    weights, rows = np.unique(
+        np.column_stack(interp.time_weights(knots, t, method)), axis=0, return_inverse=True
+    )
+    rows = rows.reshape(-1)  # numpy 2.0.0 returns it 2-D
+    i0, i1 = weights[:, 0].astype(int), weights[:, 1].astype(int)
+    w = weights[:, 2, None, None, None]
     f = flags[i0] | (flags[i1] & (w > 0))
     if complex_gains:
         phase = np.unwrap(np.angle(values), axis=0)
@@ -219,24 +289,23 @@ def _correction_block(
         g = amp_f
     # single precision from here on, as the data (and CASA): halves the per-baseline arrays
     g = g.astype(np.complex64 if complex_gains else np.float32)
-    g1 = g[:, ant1][..., rec1]  # (time, baseline, channel, pol)
-    g2 = g[:, ant2][..., rec2]
-    flag = f[:, ant1][..., rec1] | f[:, ant2][..., rec2]
+    shape = (t.size, ant1.size, g.shape[2], rec1.size)
+    out, flag = np.empty(shape, g.dtype), np.empty(shape, bool)
     # a flagged solution contributes no correction (its values are not meant to be used)
     if tsys:
-        product = np.where(flag, 1.0, g1 * g2)
-        return np.sqrt(product), 1.0 / product, flag
-    product = np.where(flag, 1.0, g1 * np.conj(g2))
-    if channel_mean_weight:
-        # CASA: per antenna the mean |B|^2 over its unflagged channels (1 when none)
-        power = np.where(f, np.nan, np.abs(g) ** 2)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-flagged: mean of nothing
-            mean = np.nan_to_num(np.nanmean(power, axis=2, keepdims=True), nan=1.0)
-        weight = np.broadcast_to(mean[:, ant1][..., rec1] * mean[:, ant2][..., rec2], flag.shape)
-    else:
-        weight = np.abs(product) ** 2
-    return 1.0 / product, weight, flag
+        _baseline_products(g, g, f, rows, ant1, ant2, rec1, rec2, False, out, flag)
+        return np.sqrt(out), 1.0 / out, flag
+    if not channel_mean_weight:  # G, T: the weight needs the product itself
+        _baseline_products(g, np.conj(g), f, rows, ant1, ant2, rec1, rec2, False, out, flag)
+        return 1.0 / out, np.abs(out) ** 2, flag
+    _baseline_products(g, np.conj(g), f, rows, ant1, ant2, rec1, rec2, True, out, flag)
+    # CASA: per antenna the mean |B|^2 over its unflagged channels (1 when none)
+    power = np.where(f, np.nan, np.abs(g) ** 2)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-flagged: mean of nothing
+        mean = np.nan_to_num(np.nanmean(power, axis=2, keepdims=True), nan=1.0)
+    weight = (mean[:, ant1][..., rec1] * mean[:, ant2][..., rec2])[rows]
+    return out, np.broadcast_to(weight, flag.shape), flag
 
 
 def correction(
