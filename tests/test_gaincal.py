@@ -456,7 +456,7 @@ def test_binned_block_equals_the_matrix_product(shape, dtype) -> None:
     info = [{"array-location": [(20, 50), *[(0, n) for n in shape[1:]]]}]
     for weights in (onehot, onehot * rng.normal(size=50)):  # memberships, time offsets
         expected = (weights[:, 20:50] @ x.reshape(30, -1)).reshape((7, *shape[1:]))
-        out = gain._binned_block(x, onehot=weights, block_info=info)
+        out = interp._binned_block(x, onehot=weights, block_info=info)
         assert (out.shape, out.dtype) == (expected.shape, expected.dtype)
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 

@@ -43,7 +43,6 @@ amplitude over the antennas of each interval and receptor.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from numba import literal_unroll
 
 from radflow import schema
 from radflow.cal import apply as applycal
+from radflow.cal import interp
 from radflow.step import coord_values, describe_partition, get_data_group
 
 SolutionTable = dict[int, xr.Dataset]
@@ -318,45 +318,6 @@ def _prepared(
     return num.transpose(*order), den.transpose(*order)
 
 
-# A chunk's integrations fall in a few of the (up to hundreds of) intervals: a loop over the
-# non-zero weights, not a BLAS product, whose own threads (besides Dask's) took 15-20 ms per
-# tiny product on a busy machine (alma_if on 0.25 GB: 0.5-0.8 s -> 0.02 s in all).
-@numba.njit(cache=True, nogil=True)
-def _weighted_rows(weights: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """Add ``weights @ x`` to `out`: `weights` (S, T), `x` (T, K), `out` (S, K). Terms of zero
-    weight are skipped; each sum runs over T in order."""
-    for s in range(weights.shape[0]):
-        for t in range(weights.shape[1]):
-            w = weights[s, t]
-            if w != 0:
-                for k in range(x.shape[1]):
-                    out[s, k] += w * x[t, k]
-
-
-def _binned_block(
-    x: np.ndarray, *, onehot: np.ndarray, block_info: list[dict] | None = None
-) -> np.ndarray:
-    """``onehot[:, times of this chunk] @ x`` along time (axis 0): (n_bins, *x.shape[1:])."""
-    start, stop = block_info[0]["array-location"][0]
-    out = np.zeros((onehot.shape[0], math.prod(x.shape[1:])), np.result_type(x.dtype, onehot.dtype))
-    _weighted_rows(onehot[:, start:stop], x.reshape(x.shape[0], -1), out)
-    return out.reshape((onehot.shape[0], *x.shape[1:]))
-
-
-def _binned_sum(data: da.Array, onehot: np.ndarray) -> da.Array:
-    """``onehot @ data`` along time (axis 0), chunk by chunk: (n_bins, *rest) lazily, one task
-    per time chunk plus a tree sum (not a task per interval)."""
-    n_bins = onehot.shape[0]
-    n_chunks = len(data.chunks[0])
-    partial = data.map_blocks(
-        _binned_block,
-        onehot=onehot,
-        chunks=((n_bins,) * n_chunks, *data.chunks[1:]),
-        dtype=np.result_type(data.dtype, onehot.dtype),
-    )
-    return partial.reshape((n_chunks, n_bins, *data.shape[1:])).sum(axis=0)
-
-
 def _membership(intervals: list[_Interval], partition: str, n_time: int) -> np.ndarray:
     """(S, n_time) 1 where an integration of `partition` belongs to interval S, else 0."""
     onehot = np.zeros((len(intervals), n_time))
@@ -568,8 +529,8 @@ class Prepared:
         for name, (num, den) in self.data.items():
             onehot = _membership(intervals, name, num.sizes[schema.TIME])
             if onehot.any():
-                nums.append(_binned_sum(num.data, onehot))
-                dens.append(_binned_sum(den.data, onehot))
+                nums.append(interp.binned_sum(num.data, onehot))
+                dens.append(interp.binned_sum(den.data, onehot))
         return da.stack(nums).sum(axis=0).rechunk(-1), da.stack(dens).sum(axis=0).rechunk(-1)
 
     def time_centroids(self, intervals: list[_Interval]) -> da.Array:
@@ -584,8 +545,8 @@ class Prepared:
                 continue
             per_time = den.data.sum(axis=tuple(range(1, den.ndim)))
             offset = onehot * (times[None, :] - reference[:, None])  # seconds from the mean
-            offsets.append(_binned_sum(per_time, offset))
-            weights.append(_binned_sum(per_time, onehot))
+            offsets.append(interp.binned_sum(per_time, offset))
+            weights.append(interp.binned_sum(per_time, onehot))
         offset, weight = da.stack(offsets).sum(axis=0), da.stack(weights).sum(axis=0)
         shift = da.where(weight > 0, offset / da.where(weight > 0, weight, 1.0), 0.0)
         return (reference + shift).rechunk(-1)

@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 
 from radflow import schema
+from radflow.cal import interp
 from radflow.step import coord_values, describe_partition, get_data_group
 
 Mode = Literal["ps", "otfraster", "otf"]
@@ -138,24 +139,11 @@ def otf_off(offsets: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return off
 
 
-def _block_sums(
-    data: np.ndarray, flag: np.ndarray, tau: np.ndarray, *, onehot: np.ndarray, block_info=None
-) -> np.ndarray:
-    """One time chunk's share of the OFF averages: ``[sum tau x, sum tau]`` over its good
-    samples per block (rows of `onehot`), shaped (2, n_blocks, *data.shape[1:]), float64."""
-    start, stop = block_info[0]["array-location"][0]
-    part = onehot[:, start:stop]
-    good = ~flag & np.isfinite(data)
-    weight = np.where(good, tau, 0.0)
-    numerator = np.tensordot(part, np.where(good, data, 0.0) * weight, axes=(1, 0))
-    return np.stack([numerator, np.tensordot(part, weight, axes=(1, 0))])
-
-
 def _block_average(ds: xr.Dataset, group: str, labels: np.ndarray, where: str) -> xr.Dataset:
     """Exposure-weighted average of the integrations sharing a label >= 0 (lazy).
 
-    One task per data time chunk makes its partial sums, and a tree sum adds them: built with
-    dask directly, as the dozen xarray operations it replaces cost more to build than to run.
+    Sums over the blocks' integrations per time chunk and a tree sum (:func:`interp.binned_sum`),
+    built with dask directly: the xarray operations they replace cost more to build than to run.
     """
     src = get_data_group(ds, group)
     times = coord_values(ds, schema.TIME).astype(float)
@@ -170,30 +158,12 @@ def _block_average(ds: xr.Dataset, group: str, labels: np.ndarray, where: str) -
     exposure_dims = [d for d in dims if d in tau.dims]
     tau_data = tau.transpose(*exposure_dims).data
     tau_full = tau_data[tuple(slice(None) if d in tau.dims else None for d in dims)]
-    # in-memory data (tests, small inputs) becomes one chunk; the flags and exposures follow
-    # the data's chunks, as map_blocks needs them to
-    data = (
-        src.data.data
-        if isinstance(src.data.data, da.Array)
-        else da.asarray(src.data.data, chunks=-1)
-    )
-    flag = da.asarray(src.flag.data).rechunk(data.chunks)
-    tau_full = da.asarray(tau_full).rechunk(
-        {k: data.chunks[k] for k, n in enumerate(tau_full.shape) if n == data.shape[k]}
-    )
-    n_chunks = len(data.chunks[0])
-    partial = da.map_blocks(
-        _block_sums,
-        data,
-        flag,
-        tau_full,
-        onehot=onehot,
-        new_axis=0,
-        chunks=((2,) * n_chunks, (blocks.size,), *data.chunks[1:]),
-        dtype=np.float64,
-    )
-    sums = partial.reshape((n_chunks, 2, blocks.size, *data.shape[1:])).sum(axis=0)
-    numerator, denominator = sums[0], sums[1]
+    # dask's elementwise operations line up the chunks (and in-memory inputs) themselves
+    data, flag = da.asarray(src.data.data), da.asarray(src.flag.data)
+    good = ~flag & da.isfinite(data)
+    weight = da.where(good, da.asarray(tau_full), 0.0)
+    numerator = interp.binned_sum(da.where(good, data, 0.0) * weight, onehot)
+    denominator = interp.binned_sum(weight, onehot)
     exposure = da.tensordot(onehot, da.asarray(tau_data), axes=(1, 0))
     with np.errstate(invalid="ignore", divide="ignore"):
         off = da.where(denominator > 0, numerator / denominator, np.nan).astype(src.data.dtype)
