@@ -446,7 +446,7 @@ def _partition_dataset(
         }
     data_dims_named = row_dims + (schema.FREQUENCY, schema.POLARIZATION)
     intents = part.intents.split(",")
-    units_attr = {"type": "quanta", "units": schema.UNITS_RAW}
+    units_attr = {schema.ATTR_TYPE: schema.TYPE_QUANTA, schema.ATTR_UNITS: schema.UNITS_RAW}
     data_vars = {
         schema.FLAG: (data_dims_named, arrays[schema.FLAG]),
         schema.WEIGHT: (data_dims_named, arrays[schema.WEIGHT]),

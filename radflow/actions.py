@@ -133,9 +133,10 @@ def _sorted_by_time(eb: ExecutionBlock, names: list[str]) -> list[str]:
 @action("tsys")
 def tsys_action(eb: ExecutionBlock, *, spwmap: Any = None) -> None:
     """Tsys solutions for every science spw (:func:`radflow.cal.tsys.solve`)."""
+    syscal = tsys.system_calibration(eb.tree)
     for spw in sorted({spw for spw, _ in _sd_keys(eb)}):
         try:
-            eb.solutions[f"tsys_spw{spw}"] = tsys.solve(eb.tree, spw, spwmap=spwmap)
+            eb.solutions[f"tsys_spw{spw}"] = tsys.solve(eb.tree, spw, spwmap=spwmap, syscal=syscal)
         except tsys.TsysError as exc:
             raise ActionError(f"{eb.path}: {exc}") from exc
 

@@ -21,6 +21,7 @@ TYPE_FIELD_AND_SOURCE = "field_and_source"
 TYPE_SYSTEM_CALIBRATION = "system_calibration"
 TYPE_POINTING = "pointing"
 TYPE_WEATHER = "weather"
+TYPE_QUANTA = "quanta"  # a variable holding a quantity with units (MSv4 measures)
 # radflow's own datasets are MSv4 "extension" types, which xradio skips.
 TYPE_SWITCHED_POWER = "extension:switched_power.radflow"
 TYPE_CAL_DEVICE = "extension:cal_device.radflow"

@@ -161,9 +161,9 @@ def add_data_group(
     ds: xr.Dataset,
     group: str,
     *,
-    data: xr.DataArray,
-    flag: xr.DataArray | None,
-    weight: xr.DataArray | None,
+    data: xr.DataArray | xr.Variable,
+    flag: xr.DataArray | xr.Variable | None,
+    weight: xr.DataArray | xr.Variable | None,
     units: str,
     description: str,
     from_group: str,
@@ -182,8 +182,9 @@ def add_data_group(
         One partition.
     group : str
         Name of the new group; must not exist yet (steps never overwrite).
-    data, flag, weight : xr.DataArray
-        The new group's data (in `units`), flags (bool) and weights (``units**-2``), lazy.
+    data, flag, weight : xr.DataArray or xr.Variable
+        The new group's data (in `units`), flags (bool) and weights (``units**-2``), lazy, on
+        the partition's dims (a Variable is cheaper to add: nothing to align).
         ``None`` for `flag` or `weight` means unchanged: the group then shares `from_group`'s
         variable instead of storing a copy.
     units : str
@@ -215,7 +216,7 @@ def add_data_group(
         schema.ROLE_WEIGHT: (schema.WEIGHT, weight, source.weight.attrs),
     }
     new_vars = {
-        schema.data_var_name(base, group): values.assign_attrs(attrs)
+        schema.data_var_name(base, group): _with_attrs(values, attrs)
         for base, values, attrs in given.values()
         if values is not None
     }
@@ -241,6 +242,14 @@ def add_data_group(
         schema.ATTR_DATA_GROUPS: {**{k: dict(v) for k, v in groups.items()}, group: entry},
     }
     return out
+
+
+def _with_attrs(
+    values: xr.DataArray | xr.Variable, attrs: dict[str, Any]
+) -> xr.DataArray | xr.Variable:
+    if isinstance(values, xr.Variable):
+        return xr.Variable(values.dims, values.data, {**values.attrs, **attrs})
+    return values.assign_attrs(attrs)
 
 
 def require_units(group: DataGroup, expected: str | Iterable[str], step: str) -> None:

@@ -453,10 +453,9 @@ def test_binned_block_equals_the_matrix_product(shape, dtype) -> None:
     onehot = np.zeros((7, 50))
     onehot[rng.integers(0, 7, 50), np.arange(50)] = 1.0  # each integration in one interval
     x = rng.normal(size=shape) if dtype is float else _complex(rng, shape)
-    info = [{"array-location": [(20, 50), *[(0, n) for n in shape[1:]]]}]
     for weights in (onehot, onehot * rng.normal(size=50)):  # memberships, time offsets
         expected = (weights[:, 20:50] @ x.reshape(30, -1)).reshape((7, *shape[1:]))
-        out = interp._binned_block(x, onehot=weights, block_info=info)
+        out = interp.binned_block(x, weights[:, 20:50])
         assert (out.shape, out.dtype) == (expected.shape, expected.dtype)
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 

@@ -37,7 +37,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import dask.array as da
 import numba
 import numpy as np
 import xarray as xr
@@ -46,6 +45,7 @@ from numba.extending import overload
 
 from radflow import schema
 from radflow.cal import interp
+from radflow.lazy import Output, apply_blocks
 from radflow.step import (
     add_data_group,
     coord_values,
@@ -69,9 +69,9 @@ class Correction:
     `factor` and the weights by `weight_factor`; `flag` marks data whose solution is flagged or
     missing (what a mode does with it is up to the caller)."""
 
-    factor: xr.DataArray
-    weight_factor: xr.DataArray
-    flag: xr.DataArray
+    factor: xr.Variable
+    weight_factor: xr.Variable
+    flag: xr.Variable
 
 
 def _spw_id(ds: xr.Dataset) -> int:
@@ -361,27 +361,21 @@ def correction(
     sol_dims = (_KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC)
     complex_gains = np.issubdtype(values.dtype, np.complexfloating)
     time_chunks = ds[schema.VISIBILITY].chunksizes.get(schema.TIME, (len(ds[schema.TIME]),))
-    target = xr.DataArray(
-        da.from_array(coord_values(ds, schema.TIME).astype(float), chunks=(time_chunks,)),
-        dims=schema.TIME,
-    )
-    out_dims = [schema.BASELINE_ID, schema.FREQUENCY, schema.POLARIZATION]
+    out_dims = (schema.TIME, schema.BASELINE_ID, schema.FREQUENCY, schema.POLARIZATION)
     sizes = {schema.BASELINE_ID: ant1.size, schema.FREQUENCY: n_out_chan,
              schema.POLARIZATION: len(pols)}  # fmt: skip
     dtype = np.complex64 if complex_gains else np.float32
-    factor, weight_factor, flag = xr.apply_ufunc(
+    factor, weight_factor, flag = apply_blocks(
         _correction_block,
-        target,
+        xr.Variable(schema.TIME, coord_values(ds, schema.TIME).astype(float)),
         values,
         flags,
         knots,
-        input_core_dims=[[], list(sol_dims), list(sol_dims), [_KNOT]],
-        output_core_dims=[out_dims, out_dims, out_dims],
-        dask="parallelized",
-        dask_gufunc_kwargs={
-            "output_sizes": sizes,
-            "meta": tuple(np.empty((0,) * 4, t) for t in (dtype, np.float32, bool)),
-        },
+        loop_dims=(schema.TIME,),
+        core_dims=[[], list(sol_dims), list(sol_dims), [_KNOT]],
+        outputs=[Output(out_dims, t) for t in (dtype, np.float32, bool)],
+        sizes=sizes,
+        chunks={schema.TIME: tuple(time_chunks)},
         kwargs=dict(
             method=interp_method,
             complex_gains=complex_gains,
@@ -393,6 +387,7 @@ def correction(
             rec1=np.array(first),
             rec2=np.array(second),
         ),
+        name="applycal-factors",
     )
     if n_out_chan == 1:  # drop the length-1 axis so that it broadcasts over the channels
         factor, weight_factor, flag = (
@@ -401,6 +396,37 @@ def correction(
     elif cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY):
         weight_factor = weight_factor.isel({schema.FREQUENCY: 0})
     return Correction(factor=factor, weight_factor=weight_factor, flag=flag)
+
+
+def _apply_block(
+    data: np.ndarray,
+    flag: np.ndarray,
+    weight: np.ndarray,
+    *corrections: np.ndarray,
+    use_weight: tuple[bool, ...],
+    use_flag: tuple[bool, ...],
+    flag_all: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk through every table in order: the data times each factor (in at least single
+    complex precision), the weights times each weight factor (`use_weight`: calwt), the flags
+    OR each solution flag (`use_flag`: not calonly), all flagged with `flag_all` (calflagstrict
+    and a table without solutions). `corrections` are (factor, weight factor, flag) triplets
+    broadcasting against the chunk."""
+    out_data, out_flag, out_weight = data, flag, weight
+    for k in range(len(corrections) // 3):
+        factor, weight_factor, solution_flag = corrections[3 * k : 3 * k + 3]
+        out_data = out_data * factor.astype(np.result_type(out_data.dtype, np.complex64))
+        if use_weight[k]:
+            out_weight = out_weight * weight_factor
+        if use_flag[k]:
+            out_flag = out_flag | solution_flag
+    if flag_all:
+        out_flag = np.ones(data.shape, bool)
+    return (
+        out_data.astype(data.dtype),
+        np.broadcast_to(out_flag, data.shape).copy(),
+        out_weight.astype(weight.dtype),
+    )
 
 
 @register_step("applycal")
@@ -461,8 +487,7 @@ def apply(
     fields = per_table(gainfield, "gainfield") if gainfield is not None else [()] * n
     calwts = per_table(calwt, "calwt")
     src = get_data_group(ds, group)
-    data, weight = src.data, src.weight
-    flag = src.flag
+    corrections, use_weight, use_flag, strict_flag = [], [], [], False
     for k, table in enumerate(tables):
         corr = correction(
             ds, table, interp_method=interps[k], spwmap=spwmaps[k], gainfield=fields[k] or ()
@@ -474,13 +499,11 @@ def apply(
                     + (f" and fields {list(fields[k])}" if fields[k] else "")
                     + " (give spwmap/gainfield, or applymode='calflagstrict' to flag such data)"
                 )
-            flag = flag | True
+            strict_flag = True
             continue
-        data = data * corr.factor.astype(np.result_type(data.dtype, np.complex64))
-        if calwts[k]:
-            weight = weight * corr.weight_factor
-        if applymode != "calonly":
-            flag = flag | corr.flag
+        corrections += [corr.factor, corr.weight_factor, corr.flag]
+        use_weight.append(bool(calwts[k]))
+        use_flag.append(applymode != "calonly")
     dims = src.data.dims
     # a switched-power table turns raw correlator data into K, Jy or "1" (radflow.cal.swpower)
     swpow = [t[s] for t in tables for s in t
@@ -488,12 +511,24 @@ def apply(
     if swpow and src.units != schema.UNITS_RAW:
         raise ApplyError(f"{where}: a switched-power table needs raw data, not {src.units!r}")
     units = swpow[0].attrs[schema.SWPOW_ATTR_DATA_UNITS] if swpow else src.units
+    data, flag, weight = apply_blocks(
+        _apply_block,
+        src.data,
+        src.flag,
+        src.weight,
+        *corrections,
+        loop_dims=dims,
+        core_dims=[[]] * (3 + len(corrections)),
+        outputs=[Output(dims, src.data.dtype), Output(dims, bool), Output(dims, src.weight.dtype)],
+        kwargs=dict(use_weight=tuple(use_weight), use_flag=tuple(use_flag), flag_all=strict_flag),
+        name="applycal",
+    )
     return add_data_group(
         ds,
         output,
-        data=data.transpose(*dims).astype(src.data.dtype),
-        flag=flag.transpose(*dims),
-        weight=weight.transpose(*dims).astype(src.weight.dtype),
+        data=data,
+        flag=flag,
+        weight=weight,
         units=units,
         description=f"data group {group!r} with {n} solution table(s) applied (step applycal)",
         from_group=group,

@@ -90,6 +90,7 @@ from numpy.polynomial import chebyshev as _cheb
 from scipy.special import ndtri
 
 from radflow import schema
+from radflow.lazy import Output, apply_blocks
 from radflow.step import (
     add_data_group,
     describe_partition,
@@ -1155,22 +1156,24 @@ def subtract(
     )
     finder = dict(thresh=float(thresh), avg_limit=int(avg_limit), minwidth=int(minwidth))
 
-    freq = schema.FREQUENCY
-    # Non-index coordinates are dropped before rechunking (DataArray.chunk would turn in-memory
-    # coordinates into dask arrays, and comparing those later computes); put back on the table.
-    data = src.data.reset_coords(drop=True)
-    flag = src.flag.reset_coords(drop=True)
-    data = data.chunk({freq: -1}) if data.chunks is not None else data
-    flag = flag.chunk({freq: -1}) if flag.chunks is not None else flag
-    baselined, flag_out, used, coef, rms, nclip = xr.apply_ufunc(
+    dims = src.data.dims
+    spectrum_dims = tuple(d for d in dims if d != schema.FREQUENCY)
+    units = {schema.ATTR_TYPE: schema.TYPE_QUANTA, schema.ATTR_UNITS: src.units}
+    baselined, flag_out, used, coef, rms, nclip = apply_blocks(
         _fit_block,
-        data,
-        flag,
-        input_core_dims=[[freq], [freq]],
-        output_core_dims=[[freq], [freq], [freq], [schema.COEFFICIENT], [], []],
-        dask="parallelized",
-        output_dtypes=[src.data.dtype, bool, bool, np.float64, np.float64, np.int32],
-        dask_gufunc_kwargs={"output_sizes": {schema.COEFFICIENT: len(labels)}},
+        src.data,
+        src.flag,
+        loop_dims=spectrum_dims,
+        core_dims=[[schema.FREQUENCY]] * 2,
+        outputs=[
+            Output(dims, src.data.dtype),
+            Output(dims, bool),
+            Output(dims, bool),
+            Output((*spectrum_dims, schema.COEFFICIENT), np.float64, units),
+            Output(spectrum_dims, np.float64, units),
+            Output(spectrum_dims, np.int32),
+        ],
+        sizes={schema.COEFFICIENT: len(labels)},
         kwargs=dict(
             base_mask=base_mask,
             edge=edge_t,
@@ -1180,20 +1183,18 @@ def subtract(
             slots=slots,
             n_coef=len(labels),
         ),
+        name="baseline",
     )
-    dims = src.data.dims
-    used = used.transpose(*dims)
     out = add_data_group(
         ds,
         output,
-        data=baselined.transpose(*dims).assign_coords(src.data.coords),
-        flag=flag_out.transpose(*dims).assign_coords(src.flag.coords),
+        data=baselined,
+        flag=flag_out,
         weight=None,
         units=src.units,
         description=f"data group {group!r} minus a {blfunc} baseline (step baseline)",
         from_group=group,
     )
-    spectrum_dims = (schema.TIME, schema.ANTENNA_NAME, schema.POLARIZATION)
     attrs = {
         schema.ATTR_TYPE: schema.TYPE_BASELINE_TABLE,
         schema.ATTR_UNITS: src.units,
@@ -1217,21 +1218,17 @@ def subtract(
     }
     table = xr.Dataset(
         {
-            schema.BL_COEFFICIENTS: coef.transpose(*spectrum_dims, schema.COEFFICIENT).assign_attrs(
-                {schema.ATTR_UNITS: src.units}
-            ),
-            schema.BL_RMS: rms.transpose(*spectrum_dims).assign_attrs(
-                {schema.ATTR_UNITS: src.units}
-            ),
-            schema.BL_N_CLIPPED: nclip.transpose(*spectrum_dims),
+            schema.BL_COEFFICIENTS: coef,
+            schema.BL_RMS: rms,
+            schema.BL_N_CLIPPED: nclip,
             schema.BL_FIT_MASK: used,
         },
         coords={
             schema.COEFFICIENT: labels,
             **{
-                name: coord
+                name: coord.variable
                 for name, coord in src.data.coords.items()
-                if name not in src.data.dims and coord.variable.chunks is None
+                if coord.variable.chunks is None
             },
         },
         attrs=attrs,

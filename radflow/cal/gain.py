@@ -46,6 +46,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import dask
 import dask.array as da
@@ -58,6 +59,7 @@ from numba import literal_unroll
 from radflow import schema
 from radflow.cal import apply as applycal
 from radflow.cal import interp
+from radflow.lazy import Output, apply_blocks, sum_blocks
 from radflow.step import coord_values, describe_partition, get_data_group
 
 SolutionTable = dict[int, xr.Dataset]
@@ -291,31 +293,25 @@ def _prepared(
     core = [[d for d in (freq, pol) if d in x.dims] for x in inputs]
     all_pols = [str(p) for p in coord_values(ds, pol)]
     hands = _parallel_hands(ds)
-    out_core = [freq, "_hand"] if per_channel else ["_hand"]
-    num, den = xr.apply_ufunc(
+    order = (schema.TIME, schema.BASELINE_ID, *([freq] if per_channel else []), "_hand")
+    num, den = apply_blocks(
         _prepare_block,
         *inputs,
-        input_core_dims=core,
-        output_core_dims=[out_core, out_core],
-        dask="parallelized",
-        dask_gufunc_kwargs={
-            "output_sizes": {"_hand": len(hands)},
-            "allow_rechunk": True,
-            # given, not inferred: dask would call the kernel on empty arrays to find out
-            "meta": (
-                np.empty((0,) * (len(out_core) + 2), np.complex128),
-                np.empty((0,) * (len(out_core) + 2), np.float64),
-            ),
-        },  # fmt: skip
+        loop_dims=(schema.TIME, schema.BASELINE_ID),
+        core_dims=core,
+        outputs=[Output(order, np.complex128), Output(order, np.float64)],
+        sizes={"_hand": len(hands)},
         kwargs=dict(
             has_model=model_group is not None,
             pols=np.array([all_pols.index(h) for h in hands]),
             per_channel=per_channel,
         ),
+        name="gaincal-prepare",
     )
-    num, den = (x.rename({"_hand": pol}).assign_coords({pol: hands}) for x in (num, den))
-    order = [schema.TIME, schema.BASELINE_ID, *([freq] if per_channel else []), pol]
-    return num.transpose(*order), den.transpose(*order)
+    dims = (*order[:-1], pol)
+    return tuple(  # type: ignore[return-value]
+        xr.DataArray(xr.Variable(dims, x.data), coords={pol: hands}) for x in (num, den)
+    )
 
 
 def _membership(intervals: list[_Interval], partition: str, n_time: int) -> np.ndarray:
@@ -333,7 +329,9 @@ def single_block(x: da.Array) -> Delayed:
     array's graph as it is (passing the array itself makes dask wrap its whole graph in a
     nested computation, which is slow to optimise and run)."""
     x = x.rechunk(-1)
-    (block,) = x.to_delayed().ravel()
+    # unoptimised: optimising here culls and fuses the whole graph so far, once per call,
+    # and the computation optimises it once anyway
+    (block,) = x.to_delayed(optimize_graph=False).ravel()
     return block
 
 
@@ -523,33 +521,79 @@ class Prepared:
     def name_dtype(self) -> np.dtype:
         return np.dtype(f"<U{max(len(n) for n in self.names)}")
 
-    def interval_arrays(self, intervals: list[_Interval]) -> tuple[da.Array, da.Array]:
-        """(S, baseline, [frequency,] pol) sums of each interval, one chunk (small)."""
-        nums, dens = [], []
+    def _time_blocks(self, intervals: list[_Interval]):
+        """Per time chunk of every partition with data in `intervals`: the partition's name,
+        the chunk's index and rows, the partition's prepared sums (one chunk along their
+        other axes) and the chunk's columns of the membership matrix."""
         for name, (num, den) in self.data.items():
             onehot = _membership(intervals, name, num.sizes[schema.TIME])
-            if onehot.any():
-                nums.append(interp.binned_sum(num.data, onehot))
-                dens.append(interp.binned_sum(den.data, onehot))
-        return da.stack(nums).sum(axis=0).rechunk(-1), da.stack(dens).sum(axis=0).rechunk(-1)
+            if not onehot.any():
+                continue
+            whole = {axis: -1 for axis in range(1, num.ndim)}
+            num_data, den_data = (x.data.rechunk(whole) for x in (num, den))
+            starts = np.cumsum((0, *num_data.chunks[0]))
+            for i in range(len(starts) - 1):
+                rows = slice(starts[i], starts[i + 1])
+                yield name, i, rows, num_data, den_data, onehot[:, rows]
+
+    def interval_arrays(self, intervals: list[_Interval]) -> tuple[da.Array, da.Array]:
+        """(S, baseline, [frequency,] pol) sums of each interval, one chunk (small)."""
+        tasks, arrays, shape = [], [], ()
+        for _, i, _, num, den, onehot in self._time_blocks(intervals):
+            zeros = (0,) * (num.ndim - 1)
+            tasks.append((_interval_sums, (num.name, i, *zeros), (den.name, i, *zeros), onehot))
+            arrays += [num, den]
+            shape = (len(intervals), *num.shape[1:])
+        return sum_blocks(
+            tasks,
+            arrays,
+            finish=_identity,
+            outputs=[(shape, np.complex128), (shape, np.float64)],
+            name="gaincal-intervals",
+        )  # type: ignore[return-value]
 
     def time_centroids(self, intervals: list[_Interval]) -> da.Array:
         """(S,) the solve-weighted mean time of each interval (unix s; CASA's solution time),
         lazily; the plain mean time where an interval has no data."""
         reference = np.array([iv.time for iv in intervals])
-        offsets, weights = [], []
-        for name, (_, den) in self.data.items():
-            times = coord_values(self.selected[name], schema.TIME).astype(float)
-            onehot = _membership(intervals, name, times.size)
-            if not onehot.any():
-                continue
-            per_time = den.data.sum(axis=tuple(range(1, den.ndim)))
+        tasks, arrays = [], []
+        for name, i, rows, _, den, onehot in self._time_blocks(intervals):
+            times = coord_values(self.selected[name], schema.TIME).astype(float)[rows]
             offset = onehot * (times[None, :] - reference[:, None])  # seconds from the mean
-            offsets.append(interp.binned_sum(per_time, offset))
-            weights.append(interp.binned_sum(per_time, onehot))
-        offset, weight = da.stack(offsets).sum(axis=0), da.stack(weights).sum(axis=0)
-        shift = da.where(weight > 0, offset / da.where(weight > 0, weight, 1.0), 0.0)
-        return (reference + shift).rechunk(-1)
+            zeros = (0,) * (den.ndim - 1)
+            tasks.append((_centroid_sums, (den.name, i, *zeros), offset, onehot))
+            arrays.append(den)
+        (centroid,) = sum_blocks(
+            tasks,
+            arrays,
+            finish=partial(_centroids, reference=reference),
+            outputs=[(reference.shape, np.float64)],
+            name="gaincal-centroids",
+        )
+        return centroid
+
+
+def _interval_sums(num: np.ndarray, den: np.ndarray, onehot: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``onehot @ num`` and ``onehot @ den`` along time, for one time chunk."""
+    return tuple(interp.binned_block(x, onehot) for x in (num, den))
+
+
+def _centroid_sums(
+    den: np.ndarray, offset: np.ndarray, onehot: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weight-times-offset and weight sums of each interval, for one time chunk."""
+    per_time = den.sum(axis=tuple(range(1, den.ndim)))
+    return interp.binned_block(per_time, offset), interp.binned_block(per_time, onehot)
+
+
+def _centroids(sums: tuple[np.ndarray, np.ndarray], reference: np.ndarray) -> tuple[np.ndarray]:
+    offset, weight = sums
+    shift = np.where(weight > 0, offset / np.where(weight > 0, weight, 1.0), 0.0)
+    return (reference + shift,)
+
+
+def _identity(sums: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    return sums
 
 
 def select(

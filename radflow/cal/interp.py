@@ -145,7 +145,7 @@ def to_times(
 # non-zero weights, not a BLAS product, whose own threads (besides Dask's) took 15-20 ms per
 # tiny product on a busy machine (alma_if on 0.25 GB: 0.5-0.8 s -> 0.02 s in all).
 @numba.njit(cache=True, nogil=True)
-def _weighted_rows(weights: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+def weighted_rows(weights: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     """Add ``weights @ x`` to `out`: `weights` (S, T), `x` (T, K), `out` (S, K). Terms of zero
     weight are skipped; each sum runs over T in order."""
     for s in range(weights.shape[0]):
@@ -156,25 +156,9 @@ def _weighted_rows(weights: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
                     out[s, k] += w * x[t, k]
 
 
-def _binned_block(
-    x: np.ndarray, *, onehot: np.ndarray, block_info: list[dict] | None = None
-) -> np.ndarray:
-    """``onehot[:, times of this chunk] @ x`` along time (axis 0): (n_bins, *x.shape[1:])."""
-    start, stop = block_info[0]["array-location"][0]
+def binned_block(x: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """``onehot @ x`` along time (axis 0) for one time chunk: `onehot` (n_bins, the chunk's
+    times) -> (n_bins, *x.shape[1:]), in float64 or complex128."""
     out = np.zeros((onehot.shape[0], math.prod(x.shape[1:])), np.result_type(x.dtype, onehot.dtype))
-    _weighted_rows(onehot[:, start:stop], x.reshape(x.shape[0], -1), out)
+    weighted_rows(onehot, x.reshape(x.shape[0], -1), out)
     return out.reshape((onehot.shape[0], *x.shape[1:]))
-
-
-def binned_sum(data: da.Array, onehot: np.ndarray) -> da.Array:
-    """``onehot @ data`` along time (axis 0), chunk by chunk: (n_bins, *rest) lazily, one task
-    per time chunk plus a tree sum (not a task per interval)."""
-    n_bins = onehot.shape[0]
-    n_chunks = len(data.chunks[0])
-    partial = data.map_blocks(
-        _binned_block,
-        onehot=onehot,
-        chunks=((n_bins,) * n_chunks, *data.chunks[1:]),
-        dtype=np.result_type(data.dtype, onehot.dtype),
-    )
-    return partial.reshape((n_chunks, n_bins, *data.shape[1:])).sum(axis=0)

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from radflow import schema
+from radflow.lazy import Output, apply_blocks
 from radflow.step import (
     add_data_group,
     coord_values,
@@ -134,6 +135,15 @@ def _product_table(
     return xr.DataArray(product, dims=(row_dim, schema.POLARIZATION))
 
 
+def _scale_block(
+    data: np.ndarray, weight: np.ndarray, product: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """data x sqrt(f_ia f_jb) and weight / (f_ia f_jb) of one chunk; the factors in the data's
+    real precision keep complex64/float32 data in that precision."""
+    real = np.finfo(data.dtype).dtype
+    return data * np.sqrt(product).astype(real), weight / product.astype(weight.dtype)
+
+
 @register_step("scale")
 def apply(
     ds: xr.Dataset,
@@ -184,14 +194,23 @@ def apply(
         table = table.sel({schema.SPECTRAL_WINDOW_NAME: spw})
 
     product = _product_table(ds, src.data, table, where, spw)
-    # Factors in the data's real precision keep complex64/float32 data in that precision.
-    real = np.finfo(src.data.dtype).dtype
+    dims = src.data.dims
+    data, weight = apply_blocks(
+        _scale_block,
+        src.data,
+        src.weight,
+        product,
+        loop_dims=dims,
+        core_dims=[[], [], []],
+        outputs=[Output(dims, src.data.dtype), Output(dims, src.weight.dtype)],
+        name="scale",
+    )
     return add_data_group(
         ds,
         output,
-        data=src.data * np.sqrt(product).astype(real),
+        data=data,
         flag=None,  # a scale changes no flag: share the source group's FLAG
-        weight=src.weight / product.astype(src.weight.dtype),
+        weight=weight,
         units=src.units if units is None else units,
         description=f"data group {group!r} scaled by per-antenna factors (step scale)",
         from_group=group,

@@ -36,6 +36,7 @@ import xarray as xr
 
 from radflow import schema
 from radflow.cal import interp, tsys
+from radflow.lazy import Output, apply_blocks
 from radflow.step import (
     add_data_group,
     coord_values,
@@ -90,11 +91,12 @@ def _calibrate_block(
     """Ta* (K, `on`'s dtype), flag and weight (K**-2, `on_weight`'s dtype) of one data chunk.
 
     The per-time inputs (`times` in unix s, raw `on` with its flag and weight, `tau_on` in s)
-    come as ``xr.apply_ufunc`` passes them: the loop dims (time first), size 1 where an input
-    lacks one. The whole solution tables (OFF, its flag, its `exposure` in s, Tsys in K and its
-    flag) have their time axis last and lack the loop's time axis (and any leading dim they do
-    not have). `mean_tsys_axis` is the frequency axis of the loop dims for ``weight_tsys="mean"``.
-    Solution knots are in unix s. The outputs have the broadcast shape of the inputs.
+    come as :func:`radflow.lazy.apply_blocks` (and ``xr.apply_ufunc``) passes them: the loop
+    dims (time first), size 1 where an input lacks one. The whole solution tables (OFF, its
+    flag, its `exposure` in s, Tsys in K and its flag) have their time axis last and lack the
+    loop's time axis (and any leading dim they do not have). `mean_tsys_axis` is the frequency
+    axis of the loop dims for ``weight_tsys="mean"``. Solution knots are in unix s. The outputs
+    have the broadcast shape of the inputs.
     """
     shape = np.broadcast_shapes(
         times.shape, on.shape, on_flag.shape, on_weight.shape, tau_on.shape,
@@ -239,32 +241,43 @@ def _calibrate_kernel(
                 weight[t, r, c] = w if np.isfinite(w) else 0.0
 
 
-def _tsys_for(antennas: list[str], solution: xr.Dataset, pols: list[str]) -> xr.Dataset:
-    """The Tsys table of `antennas` per correlation.
+def _tsys_for(
+    antennas: list[str], solution: xr.Dataset, pols: list[str]
+) -> tuple[xr.Variable, xr.Variable]:
+    """The Tsys table of `antennas` per correlation, and its flags, in memory.
 
     An antenna without a solution gets flagged entries (calflagstrict: no solution flags the
-    data); the solution itself never holds NaN (flagged values are stored as 1.0).
+    data); the table itself never holds NaN (flagged values are stored as 1.0).
     """
-    table = tsys.correlation_table(solution, pols).reindex({schema.ANTENNA_NAME: antennas})
-    missing = table[schema.CALIBRATION_PARAMETER].isnull()
-    return table.assign(
-        {
-            schema.CALIBRATION_PARAMETER: table[schema.CALIBRATION_PARAMETER].fillna(1.0),
-            schema.FLAG: table[schema.FLAG].fillna(True).astype(bool) | missing,
-        }
+    table = tsys.correlation_table(solution, pols)
+    value, flag = table[schema.CALIBRATION_PARAMETER].variable, table[schema.FLAG].variable
+    axis = value.dims.index(schema.ANTENNA_NAME)
+    known = [str(a) for a in table[schema.ANTENNA_NAME].values]
+    rows = np.array([known.index(a) if a in known else -1 for a in antennas], dtype=int)
+    absent = np.expand_dims(rows < 0, tuple(i for i in range(value.ndim) if i != axis))
+    values = np.take(np.asarray(value.values, dtype=float), np.maximum(rows, 0), axis=axis)
+    flags = np.take(np.asarray(flag.values, dtype=bool), np.maximum(rows, 0), axis=axis)
+    missing = absent | np.isnan(values)
+    return (
+        xr.Variable(value.dims, np.where(missing, 1.0, values)),
+        xr.Variable(flag.dims, flags | missing),
     )
 
 
-def _knot_last(values: xr.DataArray, knot: str) -> xr.DataArray:
-    # whole tables, one chunk each: every data chunk needs all of them
-    return values.rename({schema.TIME: knot}).drop_vars(knot, errors="ignore").chunk(-1)
+def _knot_last(values: xr.Variable, knot: str) -> xr.Variable:
+    """`values` with its time dim renamed `knot`, as one dask chunk: every data chunk needs
+    the whole table, and one chunk is shared by all the tasks instead of copied into each."""
+    dims = tuple(knot if d == schema.TIME else d for d in values.dims)
+    if values.chunks is not None:
+        return xr.Variable(dims, values.data.rechunk(-1))
+    return xr.Variable(dims, da.from_array(values.data, chunks=-1, name=False))
 
 
 @dataclass(frozen=True)
 class _Tables:
     """The solution tables of one antenna set and correlation list, ready for the kernel."""
 
-    inputs: tuple[xr.DataArray, ...]  # OFF, OFF flag, exposure, Tsys, Tsys flag; time last
+    inputs: tuple[xr.Variable, ...]  # OFF, OFF flag, exposure, Tsys, Tsys flag; time last
     off_knots: np.ndarray
     tsys_knots: np.ndarray
 
@@ -293,18 +306,17 @@ class Calibrator:
         key = (tuple(antennas), tuple(pols), freq.tobytes())
         if key not in self._tables:
             sky = self.sky
-            table = _tsys_for(antennas, self.tsys_solution, pols)
-            tsys_table = table[schema.CALIBRATION_PARAMETER].assign_coords({schema.FREQUENCY: freq})
+            tsys_value, tsys_flag = _tsys_for(antennas, self.tsys_solution, pols)
             self._tables[key] = _Tables(
                 inputs=(
-                    _knot_last(sky[schema.CALIBRATION_PARAMETER], _KNOT),
-                    _knot_last(sky[schema.FLAG].astype(bool), _KNOT),
-                    _knot_last(sky[schema.EXPOSURE], _KNOT),
-                    _knot_last(tsys_table, _TSYS_KNOT),
-                    _knot_last(table[schema.FLAG].astype(bool), _TSYS_KNOT),
+                    _knot_last(sky[schema.CALIBRATION_PARAMETER].variable, _KNOT),
+                    _knot_last(sky[schema.FLAG].variable.astype(bool), _KNOT),
+                    _knot_last(sky[schema.EXPOSURE].variable, _KNOT),
+                    _knot_last(tsys_value, _TSYS_KNOT),
+                    _knot_last(tsys_flag, _TSYS_KNOT),
                 ),
                 off_knots=interp.knots(sky[schema.CALIBRATION_PARAMETER]),
-                tsys_knots=interp.knots(table[schema.CALIBRATION_PARAMETER]),
+                tsys_knots=interp.knots(self.tsys_solution[schema.CALIBRATION_PARAMETER]),
             )
         return self._tables[key]
 
@@ -340,34 +352,34 @@ class Calibrator:
             )
 
         times = coord_values(ds, schema.TIME).astype(float)
-        time_axis = src.data.dims.index(schema.TIME)
-        chunks = src.data.chunks[time_axis] if src.data.chunks else (times.size,)
         pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
         tables = self._tables_for(antennas, pols, freq)
-        # apply_ufunc's order of the dims: the first input's (time), then the data's
+        # the kernel's order of the dims: time first, then the data's
         order = (schema.TIME, *[d for d in src.data.dims if d != schema.TIME])
         mean_axis = order.index(schema.FREQUENCY) if self.weight_tsys == "mean" else None
-        ta, flag, weight = xr.apply_ufunc(
+        ta, flag, weight = apply_blocks(
             _calibrate_block,
-            xr.DataArray(da.from_array(times, chunks=(chunks,)), dims=schema.TIME),
+            xr.Variable(schema.TIME, times),
             src.data,
             src.flag,
             src.weight,
             ds[schema.EFFECTIVE_INTEGRATION_TIME],
             *tables.inputs,
-            input_core_dims=[[]] * 5 + [[_KNOT]] * 3 + [[_TSYS_KNOT]] * 2,
-            output_core_dims=[[], [], []],
-            dask="parallelized",
-            output_dtypes=[src.data.dtype, bool, src.weight.dtype],
+            loop_dims=order,
+            core_dims=[[]] * 5 + [[_KNOT]] * 3 + [[_TSYS_KNOT]] * 2,
+            outputs=[
+                Output(src.data.dims, src.data.dtype),
+                Output(src.data.dims, bool),
+                Output(src.data.dims, src.weight.dtype),
+            ],
             kwargs={
                 "off_knots": tables.off_knots,
                 "tsys_knots": tables.tsys_knots,
                 "method": self.interp_method,
                 "mean_tsys_axis": mean_axis,
             },
-            join="exact",
+            name="sdcal",
         )
-        ta, flag, weight = (x.transpose(*order) for x in (ta, flag, weight))
         return add_data_group(
             ds,
             output,

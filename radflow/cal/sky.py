@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import dask.array as da
@@ -37,6 +38,7 @@ import xarray as xr
 
 from radflow import schema
 from radflow.cal import interp
+from radflow.lazy import sum_blocks
 from radflow.step import coord_values, describe_partition, get_data_group
 
 Mode = Literal["ps", "otfraster", "otf"]
@@ -139,11 +141,33 @@ def otf_off(offsets: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return off
 
 
+def _off_partial(
+    data: np.ndarray, flag: np.ndarray, tau: np.ndarray, onehot: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One time chunk's sums per OFF block: exposure-weighted data, the weights (tau where the
+    sample is usable) and the exposure; `onehot` is (blocks, the chunk's times)."""
+    good = ~flag & np.isfinite(data)
+    weight = np.where(good, tau, 0.0)
+    return tuple(  # type: ignore[return-value]
+        interp.binned_block(x, onehot) for x in (np.where(good, data, 0.0) * weight, weight, tau)
+    )
+
+
+def _off_finish(
+    sums: tuple[np.ndarray, ...], dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    numerator, denominator, exposure = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        off = np.where(denominator > 0, numerator / denominator, np.nan).astype(dtype)
+    return off, denominator <= 0, exposure
+
+
 def _block_average(ds: xr.Dataset, group: str, labels: np.ndarray, where: str) -> xr.Dataset:
     """Exposure-weighted average of the integrations sharing a label >= 0 (lazy).
 
-    Sums over the blocks' integrations per time chunk and a tree sum (:func:`interp.binned_sum`),
-    built with dask directly: the xarray operations they replace cost more to build than to run.
+    One task per time chunk sums its integrations per block, and :func:`radflow.lazy.sum_blocks`
+    adds the chunks' sums and divides: the array operations this replaces cost more to build,
+    per partition, than they take to run.
     """
     src = get_data_group(ds, group)
     times = coord_values(ds, schema.TIME).astype(float)
@@ -155,18 +179,42 @@ def _block_average(ds: xr.Dataset, group: str, labels: np.ndarray, where: str) -
     if dims[0] != schema.TIME:
         raise SkyError(f"sky: {where}: time must be the data's first dimension, not {dims}")
     tau = ds[schema.EFFECTIVE_INTEGRATION_TIME]
-    exposure_dims = [d for d in dims if d in tau.dims]
-    tau_data = tau.transpose(*exposure_dims).data
-    tau_full = tau_data[tuple(slice(None) if d in tau.dims else None for d in dims)]
-    # dask's elementwise operations line up the chunks (and in-memory inputs) themselves
-    data, flag = da.asarray(src.data.data), da.asarray(src.flag.data)
-    good = ~flag & da.isfinite(data)
-    weight = da.where(good, da.asarray(tau_full), 0.0)
-    numerator = interp.binned_sum(da.where(good, data, 0.0) * weight, onehot)
-    denominator = interp.binned_sum(weight, onehot)
-    exposure = da.tensordot(onehot, da.asarray(tau_data), axes=(1, 0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        off = da.where(denominator > 0, numerator / denominator, np.nan).astype(src.data.dtype)
+    exposure_dims = tuple(d for d in dims if d in tau.dims)
+    tau_full = tau.transpose(*exposure_dims).data[
+        tuple(slice(None) if d in tau.dims else None for d in dims)
+    ]
+    # time chunks only: the other dims of an OFF partition are small
+    whole = {axis: -1 for axis in range(1, len(dims))}
+    data, flag, tau_full = (
+        da.asarray(x).rechunk({0: src.data.chunks[0] if src.data.chunks else -1, **whole})
+        for x in (src.data.data, src.flag.data, tau_full)
+    )
+    starts = np.cumsum((0, *data.chunks[0]))
+    zeros = (0,) * (len(dims) - 1)
+    tasks = [
+        (
+            _off_partial,
+            (data.name, i, *zeros),
+            (flag.name, i, *zeros),
+            (tau_full.name, i, *zeros),
+            onehot[:, starts[i] : starts[i + 1]],
+        )
+        for i in range(len(data.chunks[0]))
+    ]
+    n_blocks = blocks.size
+    off, off_flag, exposure = sum_blocks(
+        tasks,
+        [data, flag, tau_full],
+        finish=partial(_off_finish, dtype=np.dtype(src.data.dtype)),
+        outputs=[
+            ((n_blocks, *data.shape[1:]), src.data.dtype),
+            ((n_blocks, *data.shape[1:]), bool),
+            ((n_blocks, *tau_full.shape[1:]), np.float64),
+        ],
+        name="sky-off",
+    )
+    # the exposure was summed with size-1 axes for the data's other dims; drop those
+    exposure = exposure[tuple(slice(None) if d in exposure_dims else 0 for d in dims)]
     coords = {
         name: coord.variable
         for name, coord in src.data.coords.items()
@@ -180,11 +228,33 @@ def _block_average(ds: xr.Dataset, group: str, labels: np.ndarray, where: str) -
                 off,
                 {schema.ATTR_UNITS: src.units, "long_name": "OFF spectrum"},
             ),
-            schema.FLAG: (dims, denominator <= 0),
-            schema.EXPOSURE: (tuple(exposure_dims), exposure, {schema.ATTR_UNITS: "s"}),
+            schema.FLAG: (dims, off_flag),
+            schema.EXPOSURE: (exposure_dims, exposure, {schema.ATTR_UNITS: "s"}),
         },
         coords=coords,
     )
+
+
+def _concat_in_time(pieces: list[xr.Dataset], mode: str) -> xr.Dataset:
+    """The partitions' OFF blocks as one table, time ascending (``xr.concat`` and ``sortby``
+    with dask's concatenate, for pieces that share all but time by construction)."""
+    first = pieces[0]
+    for piece in pieces[1:]:
+        for name, coord in first.coords.items():
+            if schema.TIME not in coord.dims and not coord.equals(piece.coords.get(name)):
+                raise SkyError(f"sky ({mode}): the partitions differ in coordinate {name!r}")
+    times = np.concatenate([p[schema.TIME].values for p in pieces])
+    order = np.argsort(times, kind="stable")
+    ordered = bool(np.all(order == np.arange(times.size)))
+    variables = {}
+    for name, var in first.data_vars.items():
+        data = da.concatenate([p[name].data for p in pieces], axis=var.dims.index(schema.TIME))
+        if not ordered:
+            data = da.take(data, order, axis=var.dims.index(schema.TIME))
+        variables[name] = xr.Variable(var.dims, data, var.attrs)
+    coords = {name: c.variable for name, c in first.coords.items() if schema.TIME not in c.dims}
+    coords[schema.TIME] = xr.Variable(schema.TIME, times[order])
+    return xr.Dataset(variables, coords=coords)
 
 
 def solve(
@@ -243,7 +313,7 @@ def solve(
             run = np.concatenate([[0], np.cumsum(np.diff(off.astype(int)) != 0)])
             labels = np.where(off, blocks * times.size + run, -1)
         pieces.append(_block_average(ds, group, labels, where))
-    solution = xr.concat(pieces, dim=schema.TIME).sortby(schema.TIME)
+    solution = _concat_in_time(pieces, mode)
     first = partitions[0]
     info = first.attrs.get(schema.ATTR_PARTITION_INFO) or {}
     return solution.assign_attrs(

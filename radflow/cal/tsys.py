@@ -204,6 +204,7 @@ def solve(
     spw: int,
     *,
     spwmap: SpwMap | None = None,
+    syscal: Mapping[int, xr.Dataset] | None = None,
 ) -> xr.Dataset:
     """Tsys solution for science spectral window `spw` of one execution block.
 
@@ -215,6 +216,8 @@ def solve(
         Science spectral window id.
     spwmap : dict or list, optional
         CASA-style override of the automatic Tsys spw map (see :func:`spw_map`).
+    syscal : mapping, optional
+        :func:`system_calibration` of `tree`, made once by a caller solving several spws.
 
     Returns
     -------
@@ -231,7 +234,8 @@ def solve(
     windows = spectral_windows(tree)
     if spw not in windows:
         raise TsysError(f"tsys: unknown spw {spw}; the store has spws {sorted(windows)}")
-    syscal = system_calibration(tree)
+    if syscal is None:
+        syscal = system_calibration(tree)
     if not syscal:
         raise TsysError(
             "tsys: the execution block has no SYSCAL Tsys spectra (no system_calibration_xds "
