@@ -94,25 +94,42 @@ def process_tree(root) -> list:
 
 
 def launch(
-    cmd: list[str], log: Path, timeout: float, poll: float, cwd: Path | None = None
+    cmd: list[str],
+    log: Path,
+    timeout: float,
+    poll: float,
+    cwd: Path | None = None,
+    cpus: set[int] | None = None,
 ) -> tuple[dict | None, str, float, int]:
     """Run `cmd` (output to `log`); return (its :func:`report` payload or None, error text,
     wall s, peak RSS bytes of the process tree).
 
     The RSS of the child and all its descendants (Dask scheduler, nannies, workers) is summed
-    every `poll` seconds; the peak is at least the child's own VmHWM. Needs psutil.
+    every `poll` seconds; the peak is at least the child's own VmHWM. Needs psutil. With
+    `cpus` the child and everything it starts run on those CPUs only (its affinity is set
+    before it executes). The payload gets ``cpu_s``: the CPU seconds (user + system) of the
+    child and the descendants it waited for.
     """
     import contextlib
     import json
+    import os
+    import resource
     import subprocess
 
     import psutil
 
+    def pin() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "w") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=cwd, preexec_fn=pin
+        )
         try:
             root = psutil.Process(proc.pid)
         except psutil.NoSuchProcess:
@@ -134,6 +151,8 @@ def launch(
             peak = max(peak, total)
             time.sleep(poll)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     text = log.read_text()
     payload = None
     for line in text.splitlines():
@@ -146,7 +165,13 @@ def launch(
         if proc.returncode == -9:
             why += " (killed: out of memory?)"
         return None, f"{why}\n{tail(text, 8)}", wall, peak
+    payload["cpu_s"] = cpu_s
     return payload, "", wall, max(peak, int(payload.get("vmhwm", 0)))
+
+
+def one_cpu(contender: str) -> set[int] | None:
+    """The CPU the ``1core`` contender is pinned to (the first this process may use)."""
+    return {min(os.sched_getaffinity(0))} if contender == "1core" else None
 
 
 def remove_paths(paths) -> None:
@@ -241,11 +266,12 @@ def combine_runs(runs: list[Result]) -> Result:
 
 
 def fmt_table(rows: list[tuple[Result, int]], casa: dict[float, Result]) -> list[str]:
-    """Rows of (result, data bytes): wall s, work s, MB/s (data MB / wall s), peak RSS and
+    """Rows of (result, data bytes): wall s, work s, CPU s (of the whole process tree; CPU s /
+    wall s is the number of cores it kept busy), MB/s (data MB / wall s), peak RSS and
     "vs CASA" (CASA's wall s / the contender's, at the same EB: > 1 is faster than CASA)."""
     head = (
-        f"{'contender':<18} {'size GB':>7} {'wall s':>8} {'work s':>8} {'MB/s':>7} "
-        f"{'peak RSS MB':>11} {'vs CASA':>8}"
+        f"{'contender':<18} {'size GB':>7} {'wall s':>8} {'work s':>8} {'cpu s':>8} "
+        f"{'MB/s':>7} {'peak RSS MB':>11} {'vs CASA':>8}"
     )
     lines = [head, "-" * len(head)]
     for r, data_bytes in rows:
@@ -259,8 +285,9 @@ def fmt_table(rows: list[tuple[Result, int]], casa: dict[float, Result]) -> list
         mbps = data_bytes / 1e6 / r.wall_s
         ref = casa.get(r.size_gb)
         ratio = f"{ref.wall_s / r.wall_s:.2f}x" if ref and ref.ok and r.contender != "casa" else "-"
+        cpu = r.extra.get("cpu_s", float("nan"))
         lines.append(
-            f"{r.contender:<18} {size} {r.wall_s:8.1f} {r.work_s:8.1f} {mbps:7.2f} "
+            f"{r.contender:<18} {size} {r.wall_s:8.1f} {r.work_s:8.1f} {cpu:8.1f} {mbps:7.2f} "
             f"{r.peak_rss / 1e6:11.0f} {ratio:>8}"
         )
     return lines

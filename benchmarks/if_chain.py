@@ -80,6 +80,7 @@ from _common import (
     fmt_table,
     launch,
     machine_lines,
+    one_cpu,
     remove_paths,
     report,
     warm_cache,
@@ -96,7 +97,8 @@ N_POL = 2  # XX YY
 CASA_INTERP = ["nearest", "linear", "linear"]  # the recipe's applycal interp
 
 # contender -> Dask worker processes (0: threads in the process)
-RADFLOW = {"threads": 0, "1worker": 1, "2workers": 2}
+# (-1: one thread in a process pinned to one CPU: the issue's "on one core", as CASA runs)
+RADFLOW = {"1core": -1, "threads": 0, "1worker": 1, "2workers": 2}
 
 
 def sim_params(args: argparse.Namespace, size_gb: float) -> dict:
@@ -171,12 +173,19 @@ def child_convert(ms: str, out: str) -> None:
 def child_radflow(store: str, workers: int, refant: str) -> None:
     """``radflow run alma_if STORE --set ... --workers N`` without the progress bar."""
     t0 = time.perf_counter()
+    import contextlib
+
+    import dask
+
     from radflow.cluster import dask_client
     from radflow.pipeline import load_recipe, run
 
     recipe = load_recipe("alma_if", recipe_overrides(refant))
     t1 = time.perf_counter()
-    with dask_client(None, workers) as client:
+    with (
+        dask.config.set(num_workers=1) if workers < 0 else contextlib.nullcontext(),
+        dask_client(None, max(workers, 0)) as client,
+    ):
         results = run(recipe, [store], client=client, progress=False)
     t2 = time.perf_counter()
     bad = [f"{r.path}: {r.error}" for r in results if r.status != "done"]
@@ -347,7 +356,9 @@ def run_contender(
         warm_cache(work)
         print(f"  running {contender} ({k + 1}/{args.repeat}) ...", flush=True)
         # CASA writes its casa-*.log into the working directory: keep it in the workdir.
-        payload, err, wall, peak = launch(cmd, log, args.timeout, args.poll, cwd=workdir)
+        payload, err, wall, peak = launch(
+            cmd, log, args.timeout, args.poll, cwd=workdir, cpus=one_cpu(contender)
+        )
         if not args.keep:
             written = [Path(p) for p in (payload or {}).get("written", [])]
             remove_paths([*(p for p in workdir.glob(f"{tag}.*") if p != log), *written])

@@ -67,6 +67,7 @@ from _common import (
     fmt_table,
     launch,
     machine_lines,
+    one_cpu,
     remove_paths,
     report,
     warm_cache,
@@ -92,7 +93,8 @@ SIM: dict[str, object] = {
 N_POL = 2
 
 # contender -> Dask worker processes (0: threads in the process)
-RADFLOW = {"threads": 0, "1worker": 1, "2workers": 2}
+# (-1: one thread in a process pinned to one CPU: the issue's "on one core", as CASA runs)
+RADFLOW = {"1core": -1, "threads": 0, "1worker": 1, "2workers": 2}
 # The recipe's baseline settings (graphs/alma_sd.yaml), in sdbaseline's words.
 CASA_BASELINE = {
     "blfunc": "poly",
@@ -156,12 +158,19 @@ def child_convert(ms: str, out: str) -> None:
 def child_radflow(store: str, workers: int) -> None:
     """``radflow run alma_sd STORE --workers N`` without the progress bar."""
     t0 = time.perf_counter()
+    import contextlib
+
+    import dask
+
     from radflow.cluster import dask_client
     from radflow.pipeline import load_recipe, run
 
     recipe = load_recipe("alma_sd")
     t1 = time.perf_counter()
-    with dask_client(None, workers) as client:
+    with (
+        dask.config.set(num_workers=1) if workers < 0 else contextlib.nullcontext(),
+        dask_client(None, max(workers, 0)) as client,
+    ):
         results = run(recipe, [store], client=client, progress=False)
     t2 = time.perf_counter()
     bad = [f"{r.path}: {r.error}" for r in results if r.status != "done"]
@@ -295,7 +304,9 @@ def run_contender(
             cleanup = [work, workdir / f"{tag}.baseline.csv", workdir / f"{tag}.baseline.txt"]
         print(f"  running {contender} ({k + 1}/{args.repeat}) ...", flush=True)
         # CASA writes its casa-*.log into the working directory: keep it in the workdir.
-        payload, err, wall, peak = launch(cmd, log, args.timeout, args.poll, cwd=workdir)
+        payload, err, wall, peak = launch(
+            cmd, log, args.timeout, args.poll, cwd=workdir, cpus=one_cpu(contender)
+        )
         if not args.keep:
             remove_paths(cleanup)
         if payload is None:
