@@ -5,8 +5,10 @@ A step is a function ``apply(ds, ..., *, group=..., output=...) -> xr.Dataset`` 
 :func:`require_units` and returns :func:`add_data_group`'s new dataset: it never mutates its input
 and never overwrites a group.
 
-Laziness: building a step computes nothing. Use xarray arithmetic on the dask-backed variables,
-``xr.apply_ufunc(..., dask="parallelized")``, ``xr.map_blocks`` or ``dask.array.map_blocks``;
+Laziness: building a step computes nothing. Use :func:`radflow.lazy.apply_blocks` (what
+``xr.apply_ufunc(..., dask="parallelized")`` does, in one layer: steps are built once per
+partition of every EB, so their building cost adds up) and :func:`radflow.lazy.sum_blocks` for
+sums over time chunks, or xarray arithmetic on the dask-backed variables where it is rare;
 never ``.values``, ``.compute()``, ``.load()``, ``np.asarray``, ``float()`` or ``bool()`` on data.
 Small metadata (antenna names, times, intents) may be read eagerly, but only from coordinates
 that are already in memory (:func:`coord_values`). :func:`radflow.testing.lazy.assert_lazy`

@@ -1,12 +1,16 @@
-"""radflow.lazy.apply_blocks against xr.apply_ufunc(dask="parallelized"), its reference."""
+"""radflow.lazy: apply_blocks against xr.apply_ufunc(dask="parallelized"), its reference, and
+sum_blocks against numpy sums."""
 
 from __future__ import annotations
 
+from functools import partial
+
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
 
-from radflow.lazy import Output, apply_blocks
+from radflow.lazy import Output, apply_blocks, sum_blocks
 
 
 def _kernel(data, flag, table, scale, *, offset):
@@ -139,3 +143,45 @@ def test_a_dim_neither_loop_nor_core_is_refused() -> None:
             core_dims=[["frequency"], ["frequency"], ["frequency"], []],
             outputs=[Output(("time", "antenna", "frequency"), np.float64)],
         )
+
+
+def _chunk_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return block.sum(axis=0), (block**2).sum(axis=0)
+
+
+def _mean_and_rms(sums: tuple[np.ndarray, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    total, squares = sums
+    return total / n, np.sqrt(squares / n)
+
+
+@pytest.mark.parametrize("n_chunks", [1, 16, 17, 300])  # one task, one add, a two-level tree
+def test_sum_blocks_adds_every_chunk_once_then_finishes(n_chunks: int) -> None:
+    from functools import partial
+
+    import dask.array as da
+
+    from radflow.lazy import sum_blocks
+
+    rng = np.random.default_rng(n_chunks)
+    values = rng.normal(size=(3 * n_chunks, 4))
+    x = da.from_array(values, chunks=(3, 4))
+    calls = []
+
+    def counted(block):
+        calls.append(1)
+        return _chunk_sums(block)
+
+    tasks = [(counted, (x.name, i, 0)) for i in range(n_chunks)]
+    mean, rms = sum_blocks(
+        tasks,
+        [x],
+        finish=partial(_mean_and_rms, n=values.shape[0]),
+        outputs=[((4,), np.float64), ((4,), np.float64)],
+        name="test-sum",
+    )
+    assert calls == []  # building computed nothing
+    assert mean.chunks == ((4,),)
+    got_mean, got_rms = da.compute(mean, rms, scheduler="sync")
+    assert len(calls) == n_chunks
+    np.testing.assert_allclose(got_mean, values.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(got_rms, np.sqrt((values**2).mean(axis=0)), rtol=1e-12)
