@@ -157,8 +157,6 @@ def _mean_and_rms(sums: tuple[np.ndarray, np.ndarray], n: int) -> tuple[np.ndarr
 @pytest.mark.parametrize("n_chunks", [1, 16, 17, 300])  # one task, one add, a two-level tree
 def test_sum_blocks_adds_every_chunk_once_then_finishes(n_chunks: int) -> None:
 
-
-
     rng = np.random.default_rng(n_chunks)
     values = rng.normal(size=(3 * n_chunks, 4))
     x = da.from_array(values, chunks=(3, 4))
