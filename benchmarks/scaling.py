@@ -35,9 +35,11 @@ Per worker count:
 
 Then one EB with about 100 partitions (``--build-antennas`` x ``--build-basebands`` x 2 intents
 x ``--build-scans`` target partitions, plus the atmospheric calibrations' partitions; tiny data)
-measures the graph build time of a many-partition EB: ``radflow.open`` + ``pipeline.build`` (the
-recipe's graph; median of ``--build-repeat``) and the runner's ``build_seconds`` (the same plus
-the update copy and the writes) from a threaded ``pipeline.run``. Target: < 1 s per EB.
+measures the graph build time of a many-partition EB: ``radflow.open`` and ``pipeline.build``
+(the recipe's graph), each timed (median of ``--build-repeat``), and the runner's
+``build_seconds`` (both plus the update copy and the write tasks) from a threaded
+``pipeline.run``. Target: graph build < 1 s per EB; the verdict is printed for
+``pipeline.build`` and for the runner's ``build_seconds``.
 
 Usage::
 
@@ -208,12 +210,15 @@ def child_build(workdir: Path, kwargs: dict, override: str, repeat: int) -> None
     store = convert(ms, workdir / "many.ps.zarr", overwrite=True)
     recipe = pipeline.load_recipe("alma_sd", [override])
     n_parts = len(partitions(radflow.open(store)))
-    times, n_tasks = [], 0
+    open_times, times, n_tasks = [], [], 0
     for _ in range(repeat):
         t0 = time.perf_counter()
         with dask.config.set(scheduler="threads"):
-            eb = pipeline.build(recipe, store, radflow.open(store))
-        times.append(time.perf_counter() - t0)
+            tree = radflow.open(store)
+            t1 = time.perf_counter()
+            eb = pipeline.build(recipe, store, tree)
+        open_times.append(t1 - t0)
+        times.append(time.perf_counter() - t1)
         arrays = [v.data for ds in eb.partitions.values() for v in ds.data_vars.values()]
         arrays += [v.data for ds in {**eb.solutions, **eb.tables}.values() for v in ds.values()]
         keys: set = set()
@@ -226,6 +231,7 @@ def child_build(workdir: Path, kwargs: dict, override: str, repeat: int) -> None
     run_s = time.perf_counter() - t0
     report(
         partitions=n_parts,
+        open_s=open_times,
         build_s=times,
         n_tasks=n_tasks,
         runner_build_s=result.build_seconds,
@@ -408,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if build is not None:
         print(
             f"\nmany-partition EB: {build['partitions']} partitions, {build['n_tasks']} tasks; "
-            f"open + build graph {median(build['build_s']):.2f} s (runs: "
+            f"open {median(build['open_s']):.2f} s, build graph {median(build['build_s']):.2f} s "
+            "(runs: "
             + ", ".join(f"{t:.2f}" for t in build["build_s"])
             + f"); runner build_seconds {build['runner_build_s']:.2f} s, compute "
             f"{build['runner_compute_s']:.1f} s (threads), status {build['status']}"
@@ -422,10 +429,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("speed-up on 2 workers: not measured (needs --workers 1,2)")
     if build is not None:
-        b = max(median(build["build_s"]), build["runner_build_s"])
+        b, runner = median(build["build_s"]), build["runner_build_s"]
         print(
-            f"graph build < {BUILD_TARGET_S:g} s for a {build['partitions']}-partition EB: "
-            f"{b:.2f} s -> {verdict(b < BUILD_TARGET_S)}"
+            f"graph build (pipeline.build) < {BUILD_TARGET_S:g} s for a "
+            f"{build['partitions']}-partition EB: {b:.2f} s -> {verdict(b < BUILD_TARGET_S)}"
+        )
+        print(
+            f"  and with the store's open, update copy and write tasks (runner build_seconds) "
+            f"< {BUILD_TARGET_S:g} s: {runner:.2f} s -> {verdict(runner < BUILD_TARGET_S)}"
         )
     for workers, ratio in sorted(ratios.items()):
         print(
