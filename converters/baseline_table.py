@@ -29,25 +29,25 @@ Deviations from CASA, all deliberate:
 - A spectrum whose fit failed (e.g. fully flagged) has ``nan`` rms and coefficients and an empty
   fit range.
 
-Files are written atomically (:func:`radflow.store.write_text_atomic`).
+Files are written atomically (:func:`radflow.store.open_text_atomic`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 
 from radflow import schema
-from radflow.store import location, write_text_atomic
+from radflow.store import location, open_text_atomic
 
 CSV_COLUMNS_HEAD = ("scan", "antenna", "spw", "pol", "time", "fit_range", "function", "order")
 CSV_COLUMNS_TAIL = ("rms", "clipthresh", "clipniter", "nclipped")
@@ -222,15 +222,16 @@ def _text_body(rows: list[dict[str, Any]]) -> str:
 
 
 def write_baseline_tables(
-    tables: Sequence[xr.Dataset], stem: Path, formats: Sequence[str] = ("csv", "text")
+    tables: Iterable[xr.Dataset], stem: Path, formats: Sequence[str] = ("csv", "text")
 ) -> list[Path]:
-    """Compute the baseline results of several partitions and write ``stem.csv``/``stem.txt``.
+    """Write the baseline results of several partitions to ``stem.csv``/``stem.txt``.
 
     Parameters
     ----------
-    tables : list of xr.Dataset
-        Results datasets of :func:`radflow.cal.baseline.subtract` (lazy or computed); they are
-        computed together in one ``dask.compute``.
+    tables : iterable of xr.Dataset
+        Results datasets of :func:`radflow.cal.baseline.subtract` (lazy or computed), taken and
+        written one at a time: give a generator that loads each when asked, and memory holds
+        one partition's results whatever the size of the EB.
     stem : Path
         Output path without suffix (local, or an object-store URL); its directory must exist.
     formats : sequence of str
@@ -239,21 +240,21 @@ def write_baseline_tables(
     Returns
     -------
     list of Path
-        The files written, in the order of `formats`. Each is replaced atomically.
+        The files written, in the order of `formats`. Each appears (or is replaced) only once
+        complete (:func:`radflow.store.open_text_atomic`).
     """
     unknown = [f for f in formats if f not in FORMAT_SUFFIXES]
     if unknown:
         raise ValueError(f"unknown baseline table format(s) {unknown}; use 'csv' or 'text'")
     stem = location(stem)
-    computed = dask.compute(*tables) if tables else ()
-    rows = [_rows(t) for t in computed]
-    written = []
-    for fmt in formats:
-        if fmt == "csv":
-            text = _csv_header() + "".join(_csv_body(r) for r in rows)
-        else:
-            text = "".join(_text_body(r) for r in rows)
-        path = stem.with_name(stem.name + FORMAT_SUFFIXES[fmt])
-        write_text_atomic(path, text)
-        written.append(path)
-    return written
+    paths = [stem.with_name(stem.name + FORMAT_SUFFIXES[fmt]) for fmt in formats]
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open_text_atomic(path)) for path in paths]
+        for fmt, handle in zip(formats, handles, strict=True):
+            if fmt == "csv":
+                handle.write(_csv_header())
+        for table in tables:
+            rows = _rows(table)
+            for fmt, handle in zip(formats, handles, strict=True):
+                handle.write(_csv_body(rows) if fmt == "csv" else _text_body(rows))
+    return paths

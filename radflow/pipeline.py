@@ -797,10 +797,11 @@ def _seal(block: _Block) -> None:
             result.groups = sorted({g for gs in eb.new_groups.values() for g in gs})
             result.notes.extend(eb.notes)
             if eb.tables:
-                tables = [
+                # one partition's results in memory at a time, whatever the size of the EB
+                tables = (
                     store.load_group(eb.path, f"{CALIBRATION_GROUP}/{key}")
                     for key in sorted(eb.tables)
-                ]
+                )
                 stem = eb.path.with_name(eb.path.name.removesuffix(".zarr").removesuffix(".ps"))
                 result.tables = write_baseline_tables(tables, store.location(f"{stem}.baseline"))
             for export in eb.exports:

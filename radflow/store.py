@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import dask
 import dask.array
@@ -86,22 +87,33 @@ def remove_tree(path: str | os.PathLike) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file so that readers see the old or the new content, never a part:
-    locally a temporary file renamed into place; an object store's PUT is atomic itself."""
+@contextlib.contextmanager
+def open_text_atomic(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file written through the handle this yields: readers see the old or the new
+    content, never a part, and nothing new if the block raises. Locally a temporary file renamed
+    into place when the block ends; on an object store the text is kept and PUT (atomic) then.
+    """
     p = location(path)
     if is_url(p):
-        p.write_text(text)
+        buffer = io.StringIO()
+        yield buffer
+        p.write_text(buffer.getvalue())
         return
     tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with builtins.open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file atomically (:func:`open_text_atomic`)."""
+    with open_text_atomic(path) as handle:
+        handle.write(text)
 
 
 # ---- atomic outputs ----

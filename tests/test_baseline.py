@@ -434,6 +434,36 @@ def test_write_baseline_tables_round_trip(tmp_path) -> None:
     assert format_text(tables[1]).count("Scan[2]") == 6
 
 
+def test_write_baseline_tables_takes_tables_one_at_a_time_and_writes_all_or_nothing(
+    tmp_path,
+) -> None:
+    tables = [
+        bl.subtract(_partition(n_time=3, scan=s, seed=s), group="base", order=1)[1] for s in (1, 2)
+    ]
+    stem = tmp_path / "eb1.baseline"
+    taken = []
+
+    def one_by_one():
+        for t in tables:
+            taken.append(t)
+            yield t
+
+    paths = write_baseline_tables(one_by_one(), stem)
+    assert len(taken) == 2
+    expected = [p.read_text() for p in paths]
+    assert expected == [p.read_text() for p in write_baseline_tables(tables, stem)]
+
+    def failing():
+        yield tables[0]
+        raise RuntimeError("the second table could not be read")
+
+    with pytest.raises(RuntimeError, match="second table"):
+        write_baseline_tables(failing(), stem)
+    # the earlier files are untouched and no temporary file is left
+    assert [p.read_text() for p in paths] == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eb1.baseline.csv", "eb1.baseline.txt"]
+
+
 def test_write_baseline_tables_rejects_unknown_format(tmp_path) -> None:
     with pytest.raises(ValueError, match="fits"):
         write_baseline_tables([], tmp_path / "x", formats=("fits",))
