@@ -58,9 +58,9 @@ def _reference(data, flag, table, scale):
     )
 
 
-def _blocks(data, flag, table, scale):
+def _blocks(data, flag, table, scale, func=_kernel):
     return apply_blocks(
-        _kernel,
+        func,
         data,
         flag,
         table,
@@ -109,22 +109,7 @@ def test_building_computes_nothing() -> None:
         return _kernel(*args, **kwargs)
 
     data, flag, table, scale = _inputs(np.random.default_rng(1))
-    value, _, _ = apply_blocks(
-        counting,
-        data,
-        flag,
-        table,
-        scale,
-        loop_dims=("time", "antenna"),
-        core_dims=[["frequency"], ["frequency"], ["frequency", "knot"], []],
-        outputs=[
-            Output(("time", "antenna", "frequency"), np.float64),
-            Output(("time", "antenna", "frequency"), bool),
-            Output(("time", "antenna", "stat"), np.float64),
-        ],
-        sizes={"stat": 3},
-        kwargs={"offset": 0.5},
-    )
+    value, _, _ = _blocks(data, flag, table, scale, func=counting)
     assert calls == []
     value.values  # noqa: B018 - the compute
     assert len(calls) == len(data.chunks[0]) * len(data.chunks[1])
