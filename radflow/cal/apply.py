@@ -343,10 +343,62 @@ def correction(
         wt = correction(ds, {spw: tsys.assign_attrs(as_tsys)}, interp_method=interp_method)
         w_scale = float(solution.attrs.get(schema.SWPOW_ATTR_WEIGHT_SCALE, 1.0))
         return Correction(scale.factor, wt.weight_factor * w_scale, scale.flag | wt.flag)
-    kernel_table = _kernel_table(selected, tuple(gainfield), where)
+    spec = table_correction(ds, selected, tuple(gainfield), interp_method, where)
+    if spec is None:
+        return None
+    time_chunks = ds[schema.VISIBILITY].chunksizes.get(schema.TIME, (len(ds[schema.TIME]),))
+    out_dims = (schema.TIME, schema.BASELINE_ID, schema.FREQUENCY, schema.POLARIZATION)
+    dtype = np.complex64 if spec.kwargs["complex_gains"] else np.float32
+    factor, weight_factor, flag = apply_blocks(
+        _correction_block,
+        xr.Variable(schema.TIME, coord_values(ds, schema.TIME).astype(float)),
+        *spec.inputs,
+        loop_dims=(schema.TIME,),
+        core_dims=[[], *TABLE_CORE_DIMS],
+        outputs=[Output(out_dims, t) for t in (dtype, np.float32, bool)],
+        sizes=spec.sizes,
+        chunks={schema.TIME: tuple(time_chunks)},
+        kwargs=spec.kwargs,
+        name="applycal-factors",
+    )
+    if spec.sizes[schema.FREQUENCY] == 1:  # drop the axis so that it broadcasts over channels
+        factor, weight_factor, flag = (
+            x.isel({schema.FREQUENCY: 0}) for x in (factor, weight_factor, flag)
+        )
+    elif spec.channel_mean_weight:
+        weight_factor = weight_factor.isel({schema.FREQUENCY: 0})
+    return Correction(factor=factor, weight_factor=weight_factor, flag=flag)
+
+
+_SOL_DIMS = [_KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC]
+TABLE_CORE_DIMS = [_SOL_DIMS, _SOL_DIMS, [_KNOT]]  # values, flags, knots: whole tables
+
+
+@dataclass(frozen=True)
+class TableCorrection:
+    """What :func:`correction_factors` needs to correct one partition with one table in a data
+    chunk's task: the whole (small) table as `inputs` (values, flags, knots; core dims
+    ``TABLE_CORE_DIMS``), its keywords and the output sizes."""
+
+    inputs: tuple[xr.DataArray, xr.DataArray, xr.DataArray]
+    kwargs: dict
+    sizes: dict[str, int]
+    channel_mean_weight: bool  # one weight factor per (time, baseline, pol): B and BPOLY
+
+
+def table_correction(
+    ds: xr.Dataset,
+    selected: xr.Dataset,
+    gainfield: tuple[str, ...],
+    interp_method: str,
+    where: str,
+) -> TableCorrection | None:
+    """The correction of partition `ds` by table spw `selected` (not switched power), or None
+    where no solution is left for `gainfield`."""
+    kernel_table = _kernel_table(selected, gainfield, where)
     if kernel_table is None:
         return None
-    knots, values, flags = kernel_table.knots, kernel_table.values, kernel_table.flags
+    values = kernel_table.values
     names, sol_freq, cal_type = kernel_table.antennas, kernel_table.frequency, kernel_table.cal_type
     pols = [str(p) for p in coord_values(ds, schema.POLARIZATION)]
     first, second = _receptor_index(kernel_table.solution, pols, where)
@@ -357,64 +409,111 @@ def correction(
         raise ApplyError(f"{where}: the {cal_type} table has no antenna(s) {missing}")
     index = {n: k for k, n in enumerate(names)}
     freqs = coord_values(ds, schema.FREQUENCY).astype(float)
-    n_out_chan = 1 if sol_freq.size == 1 else freqs.size
-    sol_dims = (_KNOT, _SOL_ANT, _SOL_FREQ, _SOL_REC)
-    complex_gains = np.issubdtype(values.dtype, np.complexfloating)
-    time_chunks = ds[schema.VISIBILITY].chunksizes.get(schema.TIME, (len(ds[schema.TIME]),))
-    out_dims = (schema.TIME, schema.BASELINE_ID, schema.FREQUENCY, schema.POLARIZATION)
-    sizes = {schema.BASELINE_ID: ant1.size, schema.FREQUENCY: n_out_chan,
-             schema.POLARIZATION: len(pols)}  # fmt: skip
-    dtype = np.complex64 if complex_gains else np.float32
-    factor, weight_factor, flag = apply_blocks(
-        _correction_block,
-        xr.Variable(schema.TIME, coord_values(ds, schema.TIME).astype(float)),
-        values,
-        flags,
-        knots,
-        loop_dims=(schema.TIME,),
-        core_dims=[[], list(sol_dims), list(sol_dims), [_KNOT]],
-        outputs=[Output(out_dims, t) for t in (dtype, np.float32, bool)],
-        sizes=sizes,
-        chunks={schema.TIME: tuple(time_chunks)},
+    channel_mean_weight = cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY)
+    return TableCorrection(
+        inputs=(values, kernel_table.flags, kernel_table.knots),
         kwargs=dict(
             method=interp_method,
-            complex_gains=complex_gains,
+            complex_gains=np.issubdtype(values.dtype, np.complexfloating),
             tsys=cal_type == schema.CAL_TYPE_TSYS,
-            channel_mean_weight=cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY),
+            channel_mean_weight=channel_mean_weight,
             freq_weights=_frequency_weights(sol_freq, freqs),
             ant1=np.array([index[a] for a in ant1]),
             ant2=np.array([index[a] for a in ant2]),
             rec1=np.array(first),
             rec2=np.array(second),
         ),
-        name="applycal-factors",
+        sizes={
+            schema.BASELINE_ID: ant1.size,
+            schema.FREQUENCY: 1 if sol_freq.size == 1 else freqs.size,
+            schema.POLARIZATION: len(pols),
+        },
+        channel_mean_weight=channel_mean_weight,
     )
-    if n_out_chan == 1:  # drop the length-1 axis so that it broadcasts over the channels
-        factor, weight_factor, flag = (
-            x.isel({schema.FREQUENCY: 0}) for x in (factor, weight_factor, flag)
+
+
+def chunk_correction(
+    ds: xr.Dataset,
+    table: SolutionTable,
+    *,
+    interp_method: interp.Method = "linear",
+    spwmap: Mapping[int, int] | None = None,
+    gainfield: Sequence[str] = (),
+) -> TableCorrection | Correction | None:
+    """The correction one table makes to one visibility partition, in the form a data chunk's
+    task uses best: the table itself (:class:`TableCorrection`: the task makes the factors for
+    its chunk, and nothing the size of the data waits in memory between tasks), or, for a
+    switched-power table, :func:`correction`'s lazy factors. None as :func:`correction`."""
+    where = f"applycal: partition {describe_partition(ds)}"
+    spw = _spw_id(ds)
+    selected = table.get((spwmap or {}).get(spw, spw))
+    if selected is None:
+        return None
+    if selected.attrs.get(schema.ATTR_CAL_TYPE) == schema.CAL_TYPE_SWPOW:
+        return correction(
+            ds, table, interp_method=interp_method, spwmap=spwmap, gainfield=gainfield
         )
-    elif cal_type in (schema.CAL_TYPE_B, schema.CAL_TYPE_BPOLY):
-        weight_factor = weight_factor.isel({schema.FREQUENCY: 0})
-    return Correction(factor=factor, weight_factor=weight_factor, flag=flag)
+    return table_correction(ds, selected, tuple(gainfield), interp_method, where)
+
+
+def correction_inputs(
+    found: TableCorrection | Correction,
+) -> tuple[list[xr.DataArray | xr.Variable], list[list[str]], dict | None]:
+    """The three arguments, their core dims (besides time and baseline) and the keywords
+    (None: lazy factors) that hand `found` to :func:`correction_chunk` in a task."""
+    if isinstance(found, TableCorrection):
+        return list(found.inputs), TABLE_CORE_DIMS, found.kwargs
+    triplet = [found.factor, found.weight_factor, found.flag]
+    channels_and_pols = (schema.FREQUENCY, schema.POLARIZATION)
+    return triplet, [[d for d in channels_and_pols if d in x.dims] for x in triplet], None
+
+
+def correction_chunk(
+    times: np.ndarray, first: np.ndarray, second: np.ndarray, third: np.ndarray, kwargs: dict | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(factor, weight factor, flag) of a chunk at `times` (unix s), each (time, baseline,
+    channel or 1, pol), from :func:`correction_inputs`' three blocks and keywords."""
+    if kwargs is not None:
+        return correction_factors(times, first, second, third, kwargs)
+    return tuple(x if x.ndim == 4 else x[:, :, None] for x in (first, second, third))
+
+
+def correction_factors(
+    times: np.ndarray, values: np.ndarray, flags: np.ndarray, knots: np.ndarray, kwargs: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A table's (factor, weight factor, flag) for the data at `times` (unix s), (time,
+    baseline, channel, pol), from the whole table and the keywords of :func:`table_correction`;
+    one-channel tables and channel-mean weights have a channel axis of length 1."""
+    factor, weight_factor, flag = _correction_block(times, values, flags, knots, **kwargs)
+    if kwargs["channel_mean_weight"]:
+        weight_factor = weight_factor[:, :, :1]
+    return factor, weight_factor, flag
 
 
 def _apply_block(
     data: np.ndarray,
     flag: np.ndarray,
     weight: np.ndarray,
-    *corrections: np.ndarray,
+    times: np.ndarray,
+    *args: np.ndarray,
+    tables: tuple[dict | None, ...],
     use_weight: tuple[bool, ...],
     use_flag: tuple[bool, ...],
     flag_all: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk through every table in order: the data times each factor (in at least single
-    complex precision), the weights times each weight factor (`use_weight`: calwt), the flags
-    OR each solution flag (`use_flag`: not calonly), all flagged with `flag_all` (calflagstrict
-    and a table without solutions). `corrections` are (factor, weight factor, flag) triplets
-    broadcasting against the chunk."""
+    """One chunk (time, baseline, channel, pol) through every table in order: the data times
+    each factor (in at least single complex precision), the weights times each weight factor
+    (`use_weight`: calwt), the flags OR each solution flag (`use_flag`: not calonly), all
+    flagged with `flag_all` (calflagstrict and a table without solutions).
+
+    `args` holds three arrays per table. Where `tables` has keywords for it, they are the whole
+    table (values, flags, knots) and its factors are made here for this chunk's `times`: chunk
+    by chunk, never held as arrays the size of the data between tasks. Where it has None, they
+    are its (factor, weight factor, flag), with or without the channel axis."""
     out_data, out_flag, out_weight = data, flag, weight
-    for k in range(len(corrections) // 3):
-        factor, weight_factor, solution_flag = corrections[3 * k : 3 * k + 3]
+    t = times.reshape(-1)
+    for k, kwargs in enumerate(tables):
+        factor, weight_factor, solution_flag = correction_chunk(t, *args[3 * k : 3 * k + 3], kwargs)
         out_data = out_data * factor.astype(np.result_type(out_data.dtype, np.complex64))
         if use_weight[k]:
             out_weight = out_weight * weight_factor
@@ -487,12 +586,16 @@ def apply(
     fields = per_table(gainfield, "gainfield") if gainfield is not None else [()] * n
     calwts = per_table(calwt, "calwt")
     src = get_data_group(ds, group)
-    corrections, use_weight, use_flag, strict_flag = [], [], [], False
+    args, core, specs, use_weight, use_flag, strict_flag = [], [], [], [], [], False
     for k, table in enumerate(tables):
-        corr = correction(
+        if interps[k] not in ("linear", "nearest"):
+            raise ApplyError(f"{where}: interp must be 'linear' or 'nearest', got {interps[k]!r}")
+        found = chunk_correction(
             ds, table, interp_method=interps[k], spwmap=spwmaps[k], gainfield=fields[k] or ()
         )
-        if corr is None:
+        spec = found if isinstance(found, TableCorrection) else None
+        corr = found if isinstance(found, Correction) else None
+        if spec is None and corr is None:
             if applymode != "calflagstrict":
                 raise ApplyError(
                     f"{where}: table {k} has no solutions for spw {_spw_id(ds)}"
@@ -501,7 +604,10 @@ def apply(
                 )
             strict_flag = True
             continue
-        corrections += [corr.factor, corr.weight_factor, corr.flag]
+        inputs, cores, kwargs = correction_inputs(found)
+        args += inputs
+        core += cores
+        specs.append(kwargs)
         use_weight.append(bool(calwts[k]))
         use_flag.append(applymode != "calonly")
     dims = src.data.dims
@@ -511,16 +617,26 @@ def apply(
     if swpow and src.units != schema.UNITS_RAW:
         raise ApplyError(f"{where}: a switched-power table needs raw data, not {src.units!r}")
     units = swpow[0].attrs[schema.SWPOW_ATTR_DATA_UNITS] if swpow else src.units
+    expected = (schema.TIME, schema.BASELINE_ID, schema.FREQUENCY, schema.POLARIZATION)
+    if dims != expected:
+        raise ApplyError(f"{where}: the data's dims are {dims}, expected {expected}")
+    channels_and_pols = [schema.FREQUENCY, schema.POLARIZATION]
     data, flag, weight = apply_blocks(
         _apply_block,
         src.data,
         src.flag,
         src.weight,
-        *corrections,
-        loop_dims=dims,
-        core_dims=[[]] * (3 + len(corrections)),
+        xr.Variable(schema.TIME, coord_values(ds, schema.TIME).astype(float)),
+        *args,
+        loop_dims=(schema.TIME, schema.BASELINE_ID),
+        core_dims=[channels_and_pols] * 3 + [[]] + core,
         outputs=[Output(dims, src.data.dtype), Output(dims, bool), Output(dims, src.weight.dtype)],
-        kwargs=dict(use_weight=tuple(use_weight), use_flag=tuple(use_flag), flag_all=strict_flag),
+        kwargs=dict(
+            tables=tuple(specs),
+            use_weight=tuple(use_weight),
+            use_flag=tuple(use_flag),
+            flag_all=strict_flag,
+        ),
         name="applycal",
     )
     return add_data_group(

@@ -266,6 +266,33 @@ def _prepare_block(
     return num, den
 
 
+def _prepare_block_with_priors(
+    times: np.ndarray,
+    vis: np.ndarray,
+    weight: np.ndarray,
+    flag: np.ndarray,
+    *rest: np.ndarray,
+    has_model: bool,
+    tables: tuple[dict | None, ...],
+    pols: np.ndarray,
+    per_channel: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_prepare_block` with each prior table's factors made for this chunk's `times`
+    (unix s) from :func:`radflow.cal.apply.correction_inputs`' three blocks per table."""
+    model = rest[:1] if has_model else ()
+    given = rest[1:] if has_model else rest
+    t = times.reshape(-1)
+    corrections = [
+        x
+        for k, kwargs in enumerate(tables)
+        for x in applycal.correction_chunk(t, *given[3 * k : 3 * k + 3], kwargs)
+    ]
+    return _prepare_block(
+        vis, weight, flag, *model, *corrections, has_model=has_model, pols=pols,
+        per_channel=per_channel,
+    )  # fmt: skip
+
+
 def _prepared(
     ds: xr.Dataset,
     group: str,
@@ -281,28 +308,34 @@ def _prepared(
     inputs = [src.data, src.weight, src.flag]
     if model_group is not None:
         inputs.append(get_data_group(ds, model_group).data)
+    core = [[d for d in (freq, pol) if d in x.dims] for x in inputs]
+    tables = []
     for k, table in enumerate(prior):
-        corr = applycal.correction(
+        found = applycal.chunk_correction(
             ds, table, **{key: value[k] for key, value in prior_kwargs.items()}
         )
-        if corr is None:
+        if found is None:
             raise GaincalError(
                 f"prior table {k} has no solutions for partition {describe_partition(ds)}"
             )
-        inputs += [corr.factor, corr.weight_factor, corr.flag]
-    core = [[d for d in (freq, pol) if d in x.dims] for x in inputs]
+        table_inputs, table_core, kwargs = applycal.correction_inputs(found)
+        inputs += table_inputs
+        core += table_core
+        tables.append(kwargs)
     all_pols = [str(p) for p in coord_values(ds, pol)]
     hands = _parallel_hands(ds)
     order = (schema.TIME, schema.BASELINE_ID, *([freq] if per_channel else []), "_hand")
     num, den = apply_blocks(
-        _prepare_block,
+        _prepare_block_with_priors,
+        xr.Variable(schema.TIME, coord_values(ds, schema.TIME).astype(float)),
         *inputs,
         loop_dims=(schema.TIME, schema.BASELINE_ID),
-        core_dims=core,
+        core_dims=[[], *core],
         outputs=[Output(order, np.complex128), Output(order, np.float64)],
         sizes={"_hand": len(hands)},
         kwargs=dict(
             has_model=model_group is not None,
+            tables=tuple(tables),
             pols=np.array([all_pols.index(h) for h in hands]),
             per_channel=per_channel,
         ),
