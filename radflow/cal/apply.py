@@ -593,9 +593,7 @@ def apply(
         found = chunk_correction(
             ds, table, interp_method=interps[k], spwmap=spwmaps[k], gainfield=fields[k] or ()
         )
-        spec = found if isinstance(found, TableCorrection) else None
-        corr = found if isinstance(found, Correction) else None
-        if spec is None and corr is None:
+        if found is None:
             if applymode != "calflagstrict":
                 raise ApplyError(
                     f"{where}: table {k} has no solutions for spw {_spw_id(ds)}"
